@@ -1,0 +1,421 @@
+"""Tests for checkpoint.py: the safetensors format by hand, safe .bin loading, the name table."""
+
+import json
+import os
+import struct
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from minisbert import checkpoint
+from minisbert.checkpoint import (
+    CheckpointError, hf_to_ours, load_into, ours_to_hf, read_safetensors, read_torch_bin,
+    read_weights, write_safetensors,
+)
+
+V, P, C, I, L = 100, 16, 32, 64, 2  # vocab, positions, hidden, intermediate, layers
+
+
+class TinyBert(nn.Module):
+    """Stand-in whose state_dict has exactly the encoder's names from the team contract."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embeddings = nn.ModuleDict(dict(word=nn.Embedding(V, C), position=nn.Embedding(P, C),
+                                             token_type=nn.Embedding(2, C), norm=nn.LayerNorm(C)))
+        self.layers = nn.ModuleList(nn.ModuleDict(dict(
+            attn=nn.ModuleDict({n: nn.Linear(C, C) for n in ("query", "key", "value", "out")}),
+            attn_norm=nn.LayerNorm(C),
+            ffn=nn.ModuleDict(dict(up=nn.Linear(C, I), down=nn.Linear(I, C))),
+            ffn_norm=nn.LayerNorm(C),
+        )) for _ in range(L))
+        self.pooler = nn.Linear(C, C)
+        for p in self.parameters():  # LayerNorm starts at 1/0; random values make mix-ups visible
+            nn.init.normal_(p)
+
+
+# Written out by hand from Hugging Face's BertModel, independently of the table under test.
+HF_LAYER = [f"attention.self.{n}" for n in ("query", "key", "value")] + [
+    "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense",
+    "output.dense", "output.LayerNorm"]
+HF_NAMES = sorted(
+    [f"embeddings.{n}.weight" for n in ("word_embeddings", "position_embeddings",
+                                        "token_type_embeddings", "LayerNorm")]
+    + ["embeddings.LayerNorm.bias", "pooler.dense.weight", "pooler.dense.bias"]
+    + [f"encoder.layer.{i}.{m}.{leaf}" for i in range(L) for m in HF_LAYER
+       for leaf in ("weight", "bias")])
+
+
+def hf_state(model):
+    return {k: v.detach().clone() for k, v in ours_to_hf(model.state_dict()).items()}
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def raw_file(path, header, data=b"", n=None):
+    """A safetensors file built by hand: header is a dict (dumped as JSON) or raw bytes."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw) if n is None else n) + raw + data)
+    return path
+
+
+# --- safetensors format ------------------------------------------------------------------------
+
+def test_safetensors_round_trip_keeps_every_dtype_shape_and_value(tmp_path):
+    tensors = {code.lower(): (torch.randn(3, 5) * 50).to(dtype)
+               for code, dtype in checkpoint.DTYPES.items()}
+    tensors["bool"] = torch.tensor([[True, False, True]])
+    tensors["scalar"] = torch.tensor(2.5)
+    tensors["empty"] = torch.zeros(0, 4, dtype=torch.bfloat16)
+    write_safetensors(tmp_path / "m.safetensors", tensors, metadata={"format": "pt"})
+    back = read_safetensors(tmp_path / "m.safetensors")
+    assert back.keys() == tensors.keys()
+    for key, tensor in tensors.items():
+        assert back[key].dtype == tensor.dtype and back[key].shape == tensor.shape, key
+        assert torch.equal(back[key], tensor), key
+
+
+def test_written_header_follows_the_format(tmp_path):
+    tensors = {"b": torch.ones(3, dtype=torch.float16), "a": torch.ones(2, 2), "c": torch.tensor(7)}
+    write_safetensors(tmp_path / "m.safetensors", tensors, metadata={"format": "pt"})
+    raw = (tmp_path / "m.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    text = raw[8:8 + n].decode()
+    assert n % 8 == 0 and text.rstrip(" ").endswith("}")  # JSON, then only space padding
+    header = json.loads(text)
+    assert header.pop("__metadata__") == {"format": "pt"}
+    assert header["a"] == {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+    assert header["b"] == {"dtype": "F16", "shape": [3], "data_offsets": [16, 22]}
+    assert header["c"] == {"dtype": "I64", "shape": [], "data_offsets": [22, 30]}
+    assert len(raw) == 8 + n + 30
+
+
+def test_written_bytes_match_the_spec_computed_by_hand(tmp_path):
+    tensors = {"y": torch.tensor([[1, -2, 3]], dtype=torch.int16), "x": torch.tensor([1.5, -2.0])}
+    write_safetensors(tmp_path / "m.safetensors", tensors)
+    raw = (tmp_path / "m.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert raw[8 + n:] == struct.pack("<2f", 1.5, -2.0) + struct.pack("<3h", 1, -2, 3)
+
+
+def test_reads_a_file_built_by_hand_with_struct(tmp_path):
+    data = struct.pack("<3d", 0.25, 1e300, -3.0) + np.array([[1, 2], [3, 4]], "<u1").tobytes()
+    header = {"__metadata__": {"note": "hand-made"},
+              "d": {"dtype": "F64", "shape": [3], "data_offsets": [0, 24]},
+              "u": {"dtype": "U8", "shape": [2, 2], "data_offsets": [24, 28]}}
+    back = read_safetensors(raw_file(tmp_path / "h.safetensors", header, data))
+    assert back["d"].tolist() == [0.25, 1e300, -3.0]
+    assert back["u"].tolist() == [[1, 2], [3, 4]] and back["u"].dtype == torch.uint8
+
+
+def test_read_tensors_own_their_memory_and_are_contiguous(tmp_path):
+    write_safetensors(tmp_path / "m.safetensors", {"a": torch.zeros(3), "b": torch.zeros(2, 2)})
+    back = read_safetensors(tmp_path / "m.safetensors")
+    back["a"] += 1  # writable, and no other tensor sees it
+    assert back["b"].sum() == 0
+    for t in back.values():
+        assert t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+def test_write_copies_views_and_shared_storage_separately(tmp_path):
+    base = torch.arange(12, dtype=torch.float32).view(3, 4)
+    tensors = {"t": base.t(), "row": base[1], "base": base}
+    write_safetensors(tmp_path / "m.safetensors", tensors)
+    back = read_safetensors(tmp_path / "m.safetensors")
+    for key, tensor in tensors.items():
+        assert torch.equal(back[key], tensor), key
+    header_len = struct.unpack("<Q", (tmp_path / "m.safetensors").read_bytes()[:8])[0]
+    assert (tmp_path / "m.safetensors").stat().st_size == 8 + header_len + 4 * (12 + 4 + 12)
+
+
+def test_failed_write_leaves_the_previous_file_and_no_temp_files(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"old": torch.ones(2)})
+    before = path.read_bytes()
+    calls = []
+
+    def fail_on_second_tensor(tensor):
+        calls.append(tensor)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return bytes(tensor.numel() * tensor.element_size())
+
+    monkeypatch.setattr(checkpoint, "_tensor_bytes", fail_on_second_tensor)
+    with pytest.raises(OSError, match="disk full"):
+        write_safetensors(path, {"a": torch.zeros(4), "b": torch.zeros(4)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_write_rejects_unsupported_dtype_and_non_string_metadata(tmp_path):
+    with pytest.raises(CheckpointError, match="'z'"):
+        write_safetensors(tmp_path / "m.safetensors", {"z": torch.zeros(2, dtype=torch.complex64)})
+    with pytest.raises(CheckpointError, match="metadata"):
+        write_safetensors(tmp_path / "m.safetensors", {}, metadata={"epoch": 3})
+    assert os.listdir(tmp_path) == []
+
+
+# --- corrupt safetensors files -----------------------------------------------------------------
+
+GOOD = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+
+
+def entry(**change):
+    return {"w": {**GOOD["w"], **change}}
+
+
+CORRUPT = {  # name: (header, data, forced header length, key the message must name)
+    "not_json": (b"{not json", b"", None, None),
+    "not_utf8": (b"\xff\xfe", b"", None, None),
+    "not_an_object": ([1, 2], b"", None, None),
+    "metadata_not_strings": ({"__metadata__": {"a": 1}, **GOOD}, bytes(8), None, None),
+    "entry_not_an_object": ({"w": [0, 8]}, bytes(8), None, "w"),
+    "missing_field": ({"w": {"dtype": "F32", "shape": [2]}}, bytes(8), None, "w"),
+    "shape_ill_typed": (entry(shape="2"), bytes(8), None, "w"),
+    "shape_negative": (entry(shape=[-2]), bytes(8), None, "w"),
+    "shape_bool": (entry(shape=[True, True]), bytes(8), None, "w"),
+    "offsets_ill_typed": (entry(data_offsets=[0]), bytes(8), None, "w"),
+    "unknown_dtype": (entry(dtype="Q4"), bytes(8), None, "w"),
+    "offsets_out_of_range": (entry(data_offsets=[0, 800]), bytes(8), None, "w"),
+    "offsets_reversed": (entry(data_offsets=[8, 0]), bytes(8), None, "w"),
+    "byte_count_mismatch": (entry(shape=[3]), bytes(8), None, "w"),
+    "overlapping_offsets": ({**GOOD, "v": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+                            bytes(8), None, "v"),
+    "gap_between_tensors": ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+                            bytes(8), None, "w"),
+    "bytes_after_last_tensor": (GOOD, bytes(12), None, None),
+    "truncated_data": (GOOD, bytes(5), None, "w"),
+    "bool_not_0_or_1": (entry(dtype="BOOL", shape=[8]), bytes([0, 1, 2, 0, 0, 0, 0, 0]), None, "w"),
+    "header_length_past_end": (GOOD, bytes(8), 10_000, None),
+    "header_length_2_pow_63": (GOOD, bytes(8), 2**63, None),
+    "deeply_nested_header": (b"[" * 100_000 + b"]" * 100_000, b"", None, None),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT)
+def test_corrupt_safetensors_raise_checkpoint_error_naming_file_and_key(tmp_path, case):
+    header, data, n, key = CORRUPT[case]
+    path = raw_file(tmp_path / "bad.safetensors", header, data, n)
+    with pytest.raises(CheckpointError) as err:
+        read_safetensors(path)
+    assert "bad.safetensors" in str(err.value)
+    if key:
+        assert repr(key) in str(err.value)
+
+
+def test_duplicate_tensor_name_in_header_is_an_error(tmp_path):
+    raw = b'{"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, "w": {"dtype": "U8", ' \
+          b'"shape": [1], "data_offsets": [0, 1]}}'
+    with pytest.raises(CheckpointError, match="'w' twice"):
+        read_safetensors(raw_file(tmp_path / "dup.safetensors", raw, b"\x00"))
+
+
+def test_file_shorter_than_the_length_prefix_is_an_error(tmp_path):
+    (tmp_path / "short.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(CheckpointError, match="short.safetensors"):
+        read_safetensors(tmp_path / "short.safetensors")
+
+
+def test_huge_header_length_is_refused_before_allocating(tmp_path):
+    path = raw_file(tmp_path / "huge.safetensors", GOOD, bytes(8), n=2**63)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="huge.safetensors"):
+            read_safetensors(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_header_longer_than_the_cap_is_refused_even_when_the_file_is_long_enough(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "MAX_HEADER_BYTES", 1000)
+    path = raw_file(tmp_path / "long.safetensors", b"{}" + b" " * 1998)
+    with pytest.raises(CheckpointError, match="long.safetensors.*limit"):
+        read_safetensors(path)
+
+
+def test_truncated_file_written_by_us_is_an_error(tmp_path):
+    path = tmp_path / "cut.safetensors"
+    write_safetensors(path, {"a": torch.ones(10), "b": torch.ones(10)})
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(CheckpointError, match="'b'.*truncated"):
+        read_safetensors(path)
+
+
+# --- .bin files and folders --------------------------------------------------------------------
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling this calls open(marker, "w"): code run from a data file
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"w": torch.ones(2), "x": Evil(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin.*only plain tensor files"):
+        read_weights(tmp_path)
+    assert not marker.exists()
+    # The payload is live: the unrestricted loader, which we never use, would have run it.
+    torch.load(tmp_path / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()
+
+
+def test_bin_that_is_not_a_dict_of_tensors_is_an_error(tmp_path):
+    torch.save([torch.ones(2)], tmp_path / "list.bin")
+    torch.save({"w": 3}, tmp_path / "int.bin")
+    for name in ("list.bin", "int.bin"):
+        with pytest.raises(CheckpointError, match=name):
+            read_torch_bin(tmp_path / name)
+
+
+def test_read_weights_prefers_safetensors_over_bin(tmp_path):
+    write_safetensors(tmp_path / "model.safetensors", {"w": torch.ones(2)})
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    state, file = read_weights(tmp_path)
+    assert file == tmp_path / "model.safetensors" and state["w"].tolist() == [1.0, 1.0]
+
+
+def test_read_weights_names_folder_and_both_files_when_none_exists(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        read_weights(tmp_path)
+    message = str(err.value)
+    assert str(tmp_path) in message and "model.safetensors" in message
+    assert "pytorch_model.bin" in message
+
+
+# --- name table and loading --------------------------------------------------------------------
+
+def test_ours_to_hf_gives_the_hugging_face_bert_names():
+    assert sorted(ours_to_hf(TinyBert().state_dict())) == HF_NAMES
+
+
+def test_hf_to_ours_and_ours_to_hf_are_inverse():
+    ours = TinyBert().state_dict()
+    assert hf_to_ours(ours_to_hf(ours)) == ours
+    hf = ours_to_hf(ours)
+    assert ours_to_hf(hf_to_ours(hf)) == hf
+
+
+def variant(model, tmp_path, name):
+    """Save `model` the way one kind of real checkpoint does; return the folder."""
+    hf = hf_state(model)
+    if "prefix" in name:  # BertForPreTraining and friends nest the encoder under `bert.`
+        hf = {f"bert.{k}": v for k, v in hf.items()}
+    if "gamma_beta" in name:  # checkpoints converted from the original TensorFlow code
+        hf = {k.replace("LayerNorm.weight", "LayerNorm.gamma")
+               .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in hf.items()}
+    if "extras" in name:  # a buffer and a pretraining head that we ignore
+        hf["bert.embeddings.position_ids" if "prefix" in name else "embeddings.position_ids"] = \
+            torch.arange(P)[None]
+        hf["cls.predictions.bias"] = torch.zeros(V)
+        hf["cls.predictions.transform.dense.weight"] = torch.zeros(C, C)
+    if name.endswith("bin"):
+        torch.save(hf, tmp_path / "pytorch_model.bin")
+    else:
+        write_safetensors(tmp_path / "model.safetensors", hf, metadata={"format": "pt"})
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["plain", "prefix", "gamma_beta", "extras", "extras_prefix",
+                                  "prefix_gamma_beta_extras", "plain_bin", "prefix_bin",
+                                  "prefix_gamma_beta_extras_bin"])
+def test_checkpoint_name_variants_load_the_same_weights(tmp_path, name):
+    source, target = TinyBert(seed=1), TinyBert(seed=2)
+    state, file = read_weights(variant(source, tmp_path, name))
+    assert load_into(target, hf_to_ours(state, file), file) == set()
+    assert_same_weights(source, target)
+
+
+def test_checkpoint_without_pooler_loads_the_rest_and_reports_the_pooler(tmp_path):
+    source, target = TinyBert(seed=1), TinyBert(seed=2)
+    pooler_before = target.pooler.weight.detach().clone()
+    state = {k: v for k, v in hf_state(source).items() if not k.startswith("pooler.")}
+    skipped = load_into(target, hf_to_ours(state))
+    assert skipped == {"pooler.weight", "pooler.bias"}
+    assert torch.equal(target.pooler.weight, pooler_before)
+    assert torch.equal(target.layers[1].ffn.down.weight, source.layers[1].ffn.down.weight)
+
+
+def test_fp16_and_bf16_checkpoints_load_into_an_fp32_model(tmp_path):
+    source = TinyBert(seed=1)
+    for dtype in (torch.float16, torch.bfloat16):
+        target = TinyBert(seed=2)
+        half = {k: v.to(dtype) for k, v in source.state_dict().items()}
+        load_into(target, half)
+        assert target.embeddings.word.weight.dtype == torch.float32
+        assert torch.equal(target.embeddings.word.weight, half["embeddings.word.weight"].float())
+
+
+def test_missing_key_error_names_key_and_file():
+    state = TinyBert().state_dict()
+    del state["layers.1.attn.key.bias"]
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*layers\.1\.attn\.key\.bias"):
+        load_into(TinyBert(), state, Path("m/model.safetensors"))
+
+
+def test_half_a_pooler_is_a_missing_key():
+    state = TinyBert().state_dict()
+    del state["pooler.bias"]
+    with pytest.raises(CheckpointError, match="pooler.bias"):
+        load_into(TinyBert(), state, "f.bin")
+
+
+def test_unexpected_key_error_names_key_and_file():
+    state = {**TinyBert().state_dict(), "layers.2.attn.key.bias": torch.zeros(C)}
+    with pytest.raises(CheckpointError, match=r"f\.bin.*unexpected.*layers\.2\.attn\.key\.bias"):
+        load_into(TinyBert(), state, "f.bin")
+
+
+def test_unknown_hugging_face_key_error_names_key_and_file():
+    state = {**hf_state(TinyBert()), "bert.encoder.layer.0.rotary.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match=r"f\.bin.*'bert\.encoder\.layer\.0\.rotary\.weight'"):
+        hf_to_ours(state, "f.bin")
+
+
+def test_same_weight_under_two_names_is_an_error():
+    state = hf_state(TinyBert())
+    state["bert.pooler.dense.bias"] = state["pooler.dense.bias"]
+    with pytest.raises(CheckpointError, match="pooler.bias"):
+        hf_to_ours(state, "f.bin")
+
+
+def test_wrong_shape_error_names_key_both_shapes_and_file_and_changes_nothing():
+    target = TinyBert(seed=2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    state = TinyBert(seed=1).state_dict()
+    state["layers.0.ffn.up.weight"] = torch.zeros(I + 1, C)
+    with pytest.raises(CheckpointError) as err:
+        load_into(target, state, "f.safetensors")
+    message = str(err.value)
+    for part in ("f.safetensors", "layers.0.ffn.up.weight", "(65, 32)", "(64, 32)"):
+        assert part in message
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+@pytest.mark.real
+def test_real_checkpoint_maps_onto_our_names():
+    folder = os.environ.get("MINISBERT_TEST_MODEL")
+    if not folder:
+        pytest.skip("MINISBERT_TEST_MODEL is not set")
+    state, file = read_weights(folder)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    ours = hf_to_ours(state, file)
+    n, c = config["num_hidden_layers"], config["hidden_size"]
+    assert len(ours) == 5 + 16 * n + 2
+    assert ours["embeddings.word.weight"].shape == (config["vocab_size"], c)
+    assert ours[f"layers.{n - 1}.ffn.up.weight"].shape == (config["intermediate_size"], c)

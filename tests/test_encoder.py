@@ -1,0 +1,92 @@
+"""The BERT encoder: attention math, the padding mask, and the config file."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minisbert.encoder import BertConfig, BertModel, reference_attention
+
+
+def test_reference_attention_matches_scaled_dot_product_attention_with_padding():
+    torch.manual_seed(0)
+    B, nh, T, hs = 3, 4, 7, 8
+    q, k, v = (torch.randn(B, nh, T, hs) for _ in range(3))
+    lengths = torch.tensor([7, 4, 1])
+    mask = (torch.arange(T)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, T)
+    fast = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(reference_attention(q, k, v, mask), fast, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_attention_gives_padded_keys_zero_weight():
+    q = torch.randn(1, 1, 3, 4)
+    k = torch.randn(1, 1, 3, 4)
+    v = torch.zeros(1, 1, 3, 4)
+    v[..., 2, :] = 1e6  # the padded key's value: any weight on it would show
+    mask = torch.tensor([True, True, False])[None, None, None, :]
+    assert reference_attention(q, k, v, mask).abs().max() == 0
+
+
+def test_padding_does_not_change_the_real_tokens():
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.tiny()).eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    alone = model(ids, torch.ones_like(ids))
+    padded_ids = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 4])
+    padded = model(padded_ids, mask)
+    torch.testing.assert_close(padded[:, :5], alone, atol=1e-6, rtol=1e-5)
+
+
+def test_parameter_count_matches_the_bert_formula():
+    c = BertConfig.tiny()
+    C, I, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * C + 2 * C
+    layer = 4 * (C * C + C) + 2 * C + (C * I + I) + (I * C + C) + 2 * C
+    pooler = C * C + C
+    n = sum(p.numel() for p in BertModel(c).parameters())
+    assert n == embeddings + L * layer + pooler
+
+
+def test_dropout_is_off_in_eval_mode_and_on_in_train_mode():
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.tiny())
+    ids = torch.tensor([[2, 10, 11, 3]])
+    mask = torch.ones_like(ids)
+    model.eval()
+    assert torch.equal(model(ids, mask), model(ids, mask))
+    model.train()
+    assert not torch.equal(model(ids, mask), model(ids, mask))
+
+
+def test_config_from_json_keeps_known_keys_and_ignores_others(tmp_path):
+    path = tmp_path / "config.json"
+    d = {**BertConfig.tiny().to_dict(), "architectures": ["BertModel"], "use_cache": True}
+    path.write_text(json.dumps(d))
+    assert BertConfig.from_json(path) == BertConfig.tiny()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_size": None}, "missing required key"),
+    ({"num_hidden_layers": "six"}, "'num_hidden_layers' should be int"),
+    ({"layer_norm_eps": [1e-12]}, "'layer_norm_eps' should be float"),
+    ({"num_attention_heads": 5}, "not divisible"),
+    ({"hidden_act": "swish"}, "not supported"),
+])
+def test_config_errors_name_the_file_and_key(tmp_path, change, message):
+    d = BertConfig.tiny().to_dict()
+    for key, value in change.items():
+        d.pop(key) if value is None else d.__setitem__(key, value)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=message) as info:
+        BertConfig.from_json(path)
+    assert str(path) in str(info.value)
+
+
+def test_config_that_is_not_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        BertConfig.from_json(path)

@@ -1,0 +1,66 @@
+"""The SBERT modules: pooling by hand, the pooling config file, Normalize, Transformer limits."""
+
+import json
+
+import pytest
+import torch
+
+from minisbert.models import Normalize, Pooling, Transformer
+
+# Two sentences, three and one real tokens; the padded rows hold huge values that would show.
+H = torch.tensor([[[1., 2.], [3., -4.], [5., 0.]],
+                  [[-1., 7.], [1e6, 1e6], [1e6, -1e6]]])
+MASK = torch.tensor([[1, 1, 1], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("mean", [[3., -2 / 3], [-1., 7.]]),
+    ("max", [[5., 2.], [-1., 7.]]),
+    ("cls", [[1., 2.], [-1., 7.]]),
+    ("mean_sqrt_len_tokens", [[9 / 3 ** 0.5, -2 / 3 ** 0.5], [-1., 7.]]),
+])
+def test_pooling_by_hand_ignores_padding(mode, expected):
+    out = Pooling(2, mode)(H, MASK)
+    torch.testing.assert_close(out, torch.tensor(expected))
+
+
+def test_max_pooling_ignores_padding_even_when_all_real_values_are_negative():
+    h = torch.tensor([[[-5.], [0.]]])  # the padded 0 would beat -5 if it were not masked
+    assert Pooling(1, "max")(h, torch.tensor([[1, 0]])).item() == -5.
+
+
+def test_unknown_pooling_mode_is_refused():
+    with pytest.raises(ValueError, match="pooling_mode='sum'"):
+        Pooling(2, "sum")
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "cls", "mean_sqrt_len_tokens"])
+def test_pooling_config_round_trips_with_sentence_transformers_keys(tmp_path, mode):
+    Pooling(384, mode).save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["word_embedding_dimension"] == 384
+    assert sum(v is True for k, v in config.items() if k.startswith("pooling_mode_")) == 1
+    assert Pooling.load(tmp_path).pooling_mode == mode
+
+
+def test_pooling_config_with_two_modes_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 8, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": True}))
+    with pytest.raises(ValueError, match="exactly one supported pooling mode"):
+        Pooling.load(tmp_path)
+
+
+def test_normalize_gives_unit_vectors():
+    x = torch.tensor([[3., 4.], [0., -2.]])
+    torch.testing.assert_close(Normalize()(x), torch.tensor([[0.6, 0.8], [0., -1.]]))
+
+
+def test_max_seq_length_above_the_position_table_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="max_position_embeddings \\(64\\)"):
+        Transformer(tiny_model_dir, max_seq_length=65)
+
+
+def test_max_seq_length_defaults_to_the_tokenizer_limit(tiny_model_dir):
+    assert Transformer(tiny_model_dir).max_seq_length == 64
+    assert Transformer(tiny_model_dir, max_seq_length=10).max_seq_length == 10

@@ -1,0 +1,174 @@
+"""SentenceTransformer: parity with the reference implementation, encode's contract, save/load."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from minisbert import SentenceTransformer
+from minisbert.models import Normalize, Pooling, Transformer
+
+
+@pytest.mark.real
+def test_embeddings_match_the_reference_implementation(real_model, reference_json):
+    got = real_model.encode(reference_json["sentences"])
+    expected = np.array(reference_json["embeddings_normalized"], dtype=np.float32)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-5
+
+
+@pytest.mark.real
+def test_mean_pooled_embeddings_match_the_reference_implementation(real_model, reference_json):
+    mean_only = SentenceTransformer(modules=[real_model[0], Pooling(384, "mean")], device="cpu")
+    got = mean_only.encode(reference_json["sentences"])
+    assert np.abs(got - np.array(reference_json["embeddings_mean_pooled"])).max() < 1e-5
+
+
+@pytest.mark.real
+def test_a_sentence_alone_equals_the_same_sentence_in_a_padded_batch(real_model, reference_json):
+    short = "A man is playing a guitar."
+    long = max(reference_json["sentences"], key=len)
+    alone = real_model.encode([short])
+    batched = real_model.encode([long, short, long + " " + long], batch_size=3)
+    assert np.abs(alone[0] - batched[1]).max() < 1e-5
+
+
+@pytest.mark.real
+def test_stsb_test_spearman_equals_the_reference_figure(real_model, stsb_dir):
+    rows = [line.rstrip("\n").split("\t") for line in
+            (stsb_dir / "sts-test.csv").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 1379
+    u = real_model.encode([r[5] for r in rows], batch_size=64)
+    v = real_model.encode([r[6] for r in rows], batch_size=64)
+    spearman = spearmanr((u * v).sum(1), [float(r[4]) for r in rows]).statistic
+    assert abs(spearman - 0.8203) <= 0.0005
+
+
+@pytest.mark.real
+def test_saved_real_model_reloads_to_the_same_embeddings(real_model, reference_json, tmp_path):
+    real_model.save(tmp_path / "copy")
+    again = SentenceTransformer(str(tmp_path / "copy"), device="cpu")
+    a, b = real_model.encode(reference_json["sentences"]), again.encode(reference_json["sentences"])
+    assert np.abs(a - b).max() < 1e-6
+
+
+def test_saved_folder_has_the_sentence_transformers_layout(tiny_model, tmp_path):
+    tiny = SentenceTransformer(modules=[*tiny_model, Normalize()], device="cpu")
+    tiny.save(tmp_path / "m")
+    names = {p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*")}
+    assert {"modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+            "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "vocab.txt", "1_Pooling", "1_Pooling/config.json",
+            "2_Normalize"} <= names
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    assert [(m["idx"], m["name"], m["path"], m["type"]) for m in modules] == [
+        (0, "0", "", "sentence_transformers.models.Transformer"),
+        (1, "1", "1_Pooling", "sentence_transformers.models.Pooling"),
+        (2, "2", "2_Normalize", "sentence_transformers.models.Normalize")]
+    sbert = json.loads((tmp_path / "m" / "sentence_bert_config.json").read_text())
+    assert sbert == {"max_seq_length": 64, "do_lower_case": False}
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["hidden_size"] == 32
+
+
+def test_tiny_model_saved_and_reloaded_gives_identical_embeddings(tiny_model, tmp_path):
+    texts = ["a man is playing guitar", "the dog runs", "big red car"]
+    tiny_model.save(tmp_path / "m")
+    again = SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert np.array_equal(tiny_model.encode(texts), again.encode(texts))
+
+
+def test_plain_hugging_face_folder_gets_mean_pooling_and_says_so(tiny_model_dir, caplog):
+    with caplog.at_level(logging.INFO):
+        model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    assert [type(m) for m in model] == [Transformer, Pooling]
+    assert model[1].pooling_mode == "mean"
+    assert "mean pooling" in caplog.text
+
+
+def test_encode_returns_one_vector_for_a_str_and_a_matrix_for_a_list(tiny_model):
+    assert tiny_model.encode("the dog").shape == (32,)
+    out = tiny_model.encode(["the dog", "a cat"])
+    assert out.shape == (2, 32) and out.dtype == np.float32
+    assert tiny_model.encode([]).shape == (0, 32)
+
+
+def test_encode_restores_the_input_order_after_sorting_by_length(tiny_model):
+    texts = ["a", "the big red car runs fast", "dog", "the man is playing piano music"]
+    together = tiny_model.encode(texts, batch_size=2)
+    one_by_one = np.stack([tiny_model.encode(t) for t in texts])
+    assert np.abs(together - one_by_one).max() < 1e-6
+
+
+def test_encode_restores_training_mode_and_tracks_no_gradients(tiny_model):
+    tiny_model.train()
+    out = tiny_model.encode(["the dog"], convert_to_tensor=True)
+    assert tiny_model.training and not out.requires_grad
+    tiny_model.eval()
+    tiny_model.encode(["the dog"])
+    assert not tiny_model.training
+
+
+def test_encode_can_normalize_and_return_tensors(tiny_model):
+    out = tiny_model.encode(["the dog", "a cat"], normalize_embeddings=True, convert_to_tensor=True)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+def test_encode_names_the_position_of_a_non_string(tiny_model):
+    with pytest.raises(TypeError, match="sentence 1 is NoneType"):
+        tiny_model.encode(["fine", None])
+
+
+def test_modules_json_with_an_unknown_type_is_refused(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    modules[1]["type"] = "sentence_transformers.models.Dense"
+    (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="unknown module type.*Dense"):
+        SentenceTransformer(str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("bad_path", ["../outside", "/etc"])
+def test_modules_json_paths_may_not_leave_the_model_folder(tiny_model, tmp_path, bad_path):
+    tiny_model.save(tmp_path / "m")
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    modules[1]["path"] = bad_path
+    (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="leaves the model folder"):
+        SentenceTransformer(str(tmp_path / "m"))
+
+
+def test_module_type_strings_of_other_versions_load(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    modules[1]["type"] = "sentence_transformers.models.pooling.Pooling"
+    (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    assert isinstance(SentenceTransformer(str(tmp_path / "m"))[1], Pooling)
+
+
+def test_a_failed_save_leaves_the_previous_model_intact(tiny_model, tmp_path, monkeypatch):
+    tiny_model.save(tmp_path / "m")
+    (tmp_path / "m" / "metrics.csv").write_text("step,loss\n")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
+
+    def broken_save(self, folder):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Pooling, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_model.save(tmp_path / "m")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders
+
+
+def test_saving_over_a_model_keeps_files_that_are_not_part_of_it(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    (tmp_path / "m" / "metrics.csv").write_text("step,loss\n")
+    tiny_model.save(tmp_path / "m")
+    assert (tmp_path / "m" / "metrics.csv").read_text() == "step,loss\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
