@@ -6,7 +6,9 @@ sentence_transformer.py -> losses.py -> training.py -> evaluation.py.
 
 __version__ = "0.1.0"
 
-from . import models  # noqa: E402
+from . import evaluation, losses, models  # noqa: E402
+from .data import InputExample, SentencesDataset  # noqa: E402
 from .sentence_transformer import SentenceTransformer  # noqa: E402
 
-__all__ = ["SentenceTransformer", "models"]
+__all__ = ["SentenceTransformer", "InputExample", "SentencesDataset", "losses", "models",
+           "evaluation"]

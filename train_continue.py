@@ -1,0 +1,17 @@
+"""Continue training an existing sentence-transformers model on STSbenchmark.
+
+The model is loaded whole (transformer, pooling, normalize, as its modules.json lists them) and
+fine-tuned with CosineSimilarityLoss, as in SBERT's own example (SBERT section 4.2).
+
+    python train_continue.py --model nli-distilroberta-base-v2
+    python train_continue.py --model ../shared/models/all-MiniLM-L6-v2 --data ../shared/data/stsbenchmark
+"""
+
+from minisbert import SentenceTransformer
+from minisbert.recipe import parser, seed_everything, train_on_stsb
+
+args = parser(__doc__.splitlines()[0], default_model="nli-distilroberta-base-v2").parse_args()
+seed_everything(args.seed)
+
+model = SentenceTransformer(args.model, device=args.device)
+train_on_stsb(model, args, script="train_continue")
