@@ -4,8 +4,9 @@ Reads and writes the two formats pretrained models ship in: safetensors (a JSON 
 little-endian bytes, parsed here by hand and checked field by field) and PyTorch `.bin` pickles
 (loaded with `weights_only=True` only). Then renames Hugging Face BERT parameters (`encoder.layer.3.
 attention.self.query.weight`) to ours (`layers.3.attn.query.weight`) through one table per model
-family and copies them into a module, checking that every parameter is filled once with the right
-shape. Read encoder.py next to see the module these names belong to.
+family (BERT and RoBERTa share one; DistilBERT and MPNet have their own) and copies them into a
+module, checking that every parameter is filled once with the right shape.
+Read encoder.py next to see the module these names belong to.
 """
 
 import json
@@ -219,6 +220,39 @@ BERT_TABLE = [
 ]
 
 
+# DistilBERT: the same layer under other names, and no token types or pooler.
+DISTILBERT_TABLE = [
+    ("embeddings.word_embeddings", "embeddings.word"),
+    ("embeddings.position_embeddings", "embeddings.position"),
+    ("embeddings.LayerNorm", "embeddings.norm"),
+    ("transformer.layer.{i}.attention.q_lin", "layers.{i}.attn.query"),
+    ("transformer.layer.{i}.attention.k_lin", "layers.{i}.attn.key"),
+    ("transformer.layer.{i}.attention.v_lin", "layers.{i}.attn.value"),
+    ("transformer.layer.{i}.attention.out_lin", "layers.{i}.attn.out"),
+    ("transformer.layer.{i}.sa_layer_norm", "layers.{i}.attn_norm"),
+    ("transformer.layer.{i}.ffn.lin1", "layers.{i}.ffn.up"),
+    ("transformer.layer.{i}.ffn.lin2", "layers.{i}.ffn.down"),
+    ("transformer.layer.{i}.output_layer_norm", "layers.{i}.ffn_norm"),
+]
+
+# MPNet: no token types, q/k/v/o projections, and the relative position bias all layers share.
+MPNET_TABLE = [
+    ("embeddings.word_embeddings", "embeddings.word"),
+    ("embeddings.position_embeddings", "embeddings.position"),
+    ("embeddings.LayerNorm", "embeddings.norm"),
+    ("encoder.layer.{i}.attention.attn.q", "layers.{i}.attn.query"),
+    ("encoder.layer.{i}.attention.attn.k", "layers.{i}.attn.key"),
+    ("encoder.layer.{i}.attention.attn.v", "layers.{i}.attn.value"),
+    ("encoder.layer.{i}.attention.attn.o", "layers.{i}.attn.out"),
+    ("encoder.layer.{i}.attention.LayerNorm", "layers.{i}.attn_norm"),
+    ("encoder.layer.{i}.intermediate.dense", "layers.{i}.ffn.up"),
+    ("encoder.layer.{i}.output.dense", "layers.{i}.ffn.down"),
+    ("encoder.layer.{i}.output.LayerNorm", "layers.{i}.ffn_norm"),
+    ("encoder.relative_attention_bias", "relative_bias"),
+    ("pooler.dense", "pooler"),
+]
+
+
 @dataclass(frozen=True)
 class Family:
     """How one model family names its weights in Hugging Face checkpoints."""
@@ -227,9 +261,17 @@ class Family:
     ignored: tuple[str, ...]      # hf keys starting with one of these (after stripping) are dropped
 
 
+# The keys of config.json's model_type. Ignored: buffers we rebuild (position_ids 0..P-1, RoBERTa's
+# all-zero token_type_ids) and the pretraining heads (cls., lm_head., DistilBERT's vocab_*).
 FAMILIES = {
-    # position_ids is a constant buffer (0..P-1) that we rebuild; cls.* are the pretraining heads.
     "bert": Family(BERT_TABLE, prefixes=("bert.",), ignored=("embeddings.position_ids", "cls.")),
+    "roberta": Family(BERT_TABLE, prefixes=("roberta.",),
+                      ignored=("embeddings.position_ids", "embeddings.token_type_ids", "lm_head.")),
+    "distilbert": Family(DISTILBERT_TABLE, prefixes=("distilbert.",),
+                         ignored=("embeddings.position_ids", "vocab_transform.",
+                                  "vocab_layer_norm.", "vocab_projector.")),
+    "mpnet": Family(MPNET_TABLE, prefixes=("mpnet.",),
+                    ignored=("embeddings.position_ids", "lm_head.")),
 }
 _LEGACY = {"gamma": "weight", "beta": "bias"}  # LayerNorm names in TF-converted checkpoints
 

@@ -1,15 +1,17 @@
-"""The BERT encoder, written out by hand (BERT, Devlin et al. 2019, section 3).
+"""The BERT encoder, written out by hand (BERT, Devlin et al. 2019, section 3), and its relatives.
 
-Token ids -> embeddings (word + position + token type) -> N post-LayerNorm transformer layers,
+Token ids -> embeddings (word + position [+ token type]) -> N post-LayerNorm transformer layers,
 each multi-head self-attention ("Attention is all you need", eq. 1) then a GELU feed-forward.
-The output is one contextual vector per token; SBERT pools them into a sentence vector.
-Parameter names are our own and short; checkpoint.py maps Hugging Face names onto them.
+RoBERTa, DistilBERT and MPNet are this same network with a few named differences, fields of
+BertConfig: position ids that skip padding, no token types, MPNet's relative position bias; and
+each family spells its config.json its own way (CONFIG_FORMATS). Parameter names are ours;
+checkpoint.py maps Hugging Face names onto them.
 Read next: models.py (Transformer wraps this with a tokenizer; Pooling turns tokens into one vector).
 """
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -27,11 +29,16 @@ class BertConfig:
     hidden_act: str = "gelu"  # feed-forward activation; BERT uses the exact (erf) GELU
     hidden_dropout_prob: float = 0.1  # dropout after embeddings and each sublayer
     attention_probs_dropout_prob: float = 0.1  # dropout on the attention weights
-    max_position_embeddings: int = 512  # longest sequence the position table covers
-    type_vocab_size: int = 2  # segment ids (sentence A / B)
+    max_position_embeddings: int = 512  # rows of the position table
+    type_vocab_size: int = 2  # segment ids (sentence A / B); 0: no such table (DistilBERT, MPNet)
     layer_norm_eps: float = 1e-12  # BERT's LayerNorm epsilon (far smaller than torch's default)
-    pad_token_id: int = 0  # id of [PAD]
-    model_type: str = "bert"  # which family the checkpoint came from
+    pad_token_id: int = 0  # id of the padding token
+    model_type: str = "bert"  # which family the checkpoint came from: a key of CONFIG_FORMATS
+    # RoBERTa, MPNet (fairseq): real tokens get positions pad_token_id + 1, + 2, ...; padding gets
+    # pad_token_id. Their tables have 514 rows for 512 tokens.
+    offset_positions: bool = False
+    relative_attention_num_buckets: int = 0  # MPNet: rows of the relative position bias; 0: none
+    sinusoidal_pos_embds: bool = False  # DistilBERT option: position table starts as sinusoids
 
     # The shape-defining keys: a config.json without them describes no particular model.
     REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -39,12 +46,15 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "BertConfig":
-        missing = [k for k in cls.REQUIRED if k not in d]
+        model_type = d.get("model_type", "bert")
+        fmt = config_format(model_type, source)
+        missing = [fmt.key(k) for k in cls.REQUIRED if fmt.key(k) not in d]
         if missing:
             raise ValueError(f"{source}: missing required key(s) {', '.join(missing)}")
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        config = cls(**kwargs)
+        kwargs = dict(fmt.defaults)
+        kwargs.update({f.name: d[fmt.key(f.name)] for f in fields(cls)
+                       if fmt.key(f.name) in d and f.name not in fmt.fixed})
+        config = cls(**{**kwargs, **fmt.fixed, "model_type": model_type})
         config.validate(source)
         return config
 
@@ -69,29 +79,140 @@ class BertConfig:
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def to_hf_dict(self, original: dict | None = None) -> dict:
+        """The family's own config.json: `original` (the file we loaded, so keys we do not model
+        survive) with every key we model updated, under the family's names."""
+        fmt = config_format(self.model_type)
+        d = dict(original or {})
+        d.update({fmt.key(f.name): getattr(self, f.name) for f in fields(self)
+                  if f.name not in fmt.fixed})
+        d.setdefault("architectures", [fmt.architecture])
+        return d
+
+    @property
+    def max_length(self) -> int:
+        """The longest input, special tokens included, that the position table covers."""
+        offset = self.pad_token_id + 1 if self.offset_positions else 0
+        return self.max_position_embeddings - offset
+
     def validate(self, source: str = "config") -> None:
+        key = config_format(self.model_type, source).key
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type is str:
-                ok = isinstance(value, str)
+            if f.type in (str, bool):
+                ok = isinstance(value, f.type)
             elif f.type is int:
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             else:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok:
-                raise ValueError(f"{source}: key {f.name!r} should be {f.type.__name__}, got {value!r}")
+                raise ValueError(f"{source}: key {key(f.name)!r} should be {f.type.__name__}, "
+                                 f"got {value!r}")
+        for name in self.REQUIRED:  # a size of 0 makes no model (and 0 heads would divide by 0)
+            if getattr(self, name) == 0:
+                raise ValueError(f"{source}: key {key(name)!r} must be positive, got 0")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{source}: key {key(name)!r} must be a probability in [0, 1], "
+                                 f"got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"{source}: hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+            raise ValueError(f"{source}: {key('hidden_size')} {self.hidden_size} is not divisible "
+                             f"by {key('num_attention_heads')} {self.num_attention_heads}")
         if self.hidden_act not in ("gelu", "relu"):
-            raise ValueError(f"{source}: hidden_act {self.hidden_act!r} is not supported")
+            raise ValueError(f"{source}: {key('hidden_act')} {self.hidden_act!r} is not supported")
 
 
-def reference_attention(q, k, v, mask):
-    """softmax(Q K^T / sqrt(hs)) V, spelled out. q, k, v: (B, nh, T, hs); mask: (B, 1, 1, T) bool,
-    True where a key is a real token. Padded keys get probability exactly 0."""
+@dataclass(frozen=True)
+class ConfigFormat:
+    """How one family's config.json spells BertConfig, and what its architecture hard-wires."""
+    architecture: str  # transformers' class name, written under "architectures" when saving
+    renames: dict = field(default_factory=dict)  # config.json key -> our field
+    defaults: dict = field(default_factory=dict)  # our field -> transformers' value when absent
+    fixed: dict = field(default_factory=dict)  # our field -> value set by the architecture itself
+
+    def key(self, name: str) -> str:
+        """The config.json key for our field `name`."""
+        return next((k for k, ours in self.renames.items() if ours == name), name)
+
+
+# What the families without offset positions, relative bias or sinusoids fix those fields to.
+_PLAIN = dict(offset_positions=False, relative_attention_num_buckets=0, sinusoidal_pos_embds=False)
+CONFIG_FORMATS = {
+    "bert": ConfigFormat("BertModel", fixed=_PLAIN),
+    "roberta": ConfigFormat("RobertaModel", defaults={"pad_token_id": 1},
+                            fixed={**_PLAIN, "offset_positions": True}),
+    "distilbert": ConfigFormat(
+        "DistilBertModel",
+        renames={"dim": "hidden_size", "n_layers": "num_hidden_layers",
+                 "n_heads": "num_attention_heads", "hidden_dim": "intermediate_size",
+                 "activation": "hidden_act", "dropout": "hidden_dropout_prob",
+                 "attention_dropout": "attention_probs_dropout_prob"},
+        # no segment embeddings, and its LayerNorms are built with eps 1e-12 whatever the file says
+        fixed={"offset_positions": False, "relative_attention_num_buckets": 0,
+               "type_vocab_size": 0, "layer_norm_eps": 1e-12}),
+    # MPNet's embeddings hard-code padding index 1, whatever pad_token_id says.
+    "mpnet": ConfigFormat("MPNetModel", defaults={"relative_attention_num_buckets": 32},
+                          fixed={"offset_positions": True, "sinusoidal_pos_embds": False,
+                                 "type_vocab_size": 0, "pad_token_id": 1}),
+}
+
+
+def config_format(model_type, source: str = "config") -> ConfigFormat:
+    if model_type not in CONFIG_FORMATS:
+        raise ValueError(f"{source}: model_type {model_type!r} is not supported (supported: "
+                         f"{', '.join(CONFIG_FORMATS)})")
+    return CONFIG_FORMATS[model_type]
+
+
+def absolute_position_ids(attention_mask, pad_token_id):
+    """BERT, DistilBERT: 0, 1, ..., T-1 for every sentence. (B, T) -> (B, T)."""
+    T = attention_mask.size(1)
+    return torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+
+
+def offset_position_ids(attention_mask, pad_token_id):
+    """RoBERTa, MPNet (fairseq's make_positions): real tokens count up from pad_token_id + 1 and
+    padding sits at pad_token_id, so no sentence's positions depend on the padding. (B, T)."""
+    real = attention_mask.long()
+    return real.cumsum(dim=1) * real + pad_token_id
+
+
+def sinusoidal_table(P: int, C: int) -> torch.Tensor:
+    """The fixed position encoding of "Attention is all you need" (section 3.5): (P, C), column
+    pairs (2i, 2i+1) hold sin and cos of pos / 10000^(2i / C)."""
+    pos = torch.arange(P, dtype=torch.float64)[:, None]
+    j = torch.arange(C)
+    angle = pos / 10000 ** (2 * (j // 2) / C)  # (P, C)
+    return torch.where(j % 2 == 0, angle.sin(), angle.cos()).float()
+
+
+# transformers buckets MPNet's offsets with 32 buckets whatever relative_attention_num_buckets
+# says (that only sizes the table); every released MPNet has 32.
+MPNET_BUCKETS = 32
+
+
+def relative_position_bucket(relative, num_buckets=MPNET_BUCKETS, max_distance=128):
+    """T5's bucketing of key-minus-query offsets, as MPNet uses it: half the buckets for keys
+    after the query, half for keys before; within a half, offsets below num_buckets // 4 get one
+    bucket each and longer ones share buckets spaced logarithmically up to max_distance."""
+    half = num_buckets // 2
+    bucket = (relative > 0).long() * half
+    n = relative.abs()
+    exact = half // 2
+    # clamp(min=1) only keeps log() finite for the short offsets, which torch.where discards
+    scale = torch.log(n.clamp(min=1).float() / exact) / math.log(max_distance / exact)
+    far = (exact + (scale * (half - exact)).long()).clamp(max=half - 1)
+    return bucket + torch.where(n < exact, n, far)
+
+
+def reference_attention(q, k, v, mask, bias=None):
+    """softmax(Q K^T / sqrt(hs) + bias) V, spelled out. q, k, v: (B, nh, T, hs); mask: (B, 1, 1, T)
+    bool, True where a key is a real token; bias: optional (1, nh, T, T) added to the scores
+    (MPNet's relative positions). Padded keys get probability exactly 0."""
     hs = q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T)
+    if bias is not None:
+        scores = scores + bias
     scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(dim=-1) @ v  # (B, nh, T, hs)
 
@@ -106,6 +227,7 @@ class SelfAttention(nn.Module):
         self.dropout = config.attention_probs_dropout_prob
 
     def forward(self, x, mask):
+        """mask: (B, 1, 1, T) bool, or (B, nh, T, T) float to add to the scores (-inf: padding)."""
         B, T, C = x.shape
         nh, hs = self.nh, C // self.nh
 
@@ -114,6 +236,8 @@ class SelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         p = self.dropout if self.training else 0.0
+        if mask.is_floating_point():
+            mask = mask.to(q.dtype)  # a float mask must match q's dtype (fp16 under autocast)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.out(y)
@@ -154,30 +278,43 @@ class Embeddings(nn.Module):
         C = config.hidden_size
         self.word = nn.Embedding(config.vocab_size, C, padding_idx=config.pad_token_id)
         self.position = nn.Embedding(config.max_position_embeddings, C)
-        self.token_type = nn.Embedding(config.type_vocab_size, C)
+        self.token_type = nn.Embedding(config.type_vocab_size, C) if config.type_vocab_size else None
         self.norm = nn.LayerNorm(C, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
+        self.position_ids = offset_position_ids if config.offset_positions else absolute_position_ids
+        self.pad_token_id = config.pad_token_id
 
-    def forward(self, input_ids, token_type_ids=None):
-        B, T = input_ids.shape
-        positions = torch.arange(T, device=input_ids.device)  # (T,), broadcast over the batch
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)  # one sentence at a time: segment A
-        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        positions = self.position_ids(attention_mask, self.pad_token_id)  # (B, T)
+        x = self.word(input_ids) + self.position(positions)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)  # one sentence at a time: segment A
+            x = x + self.token_type(token_type_ids)
         return self.drop(self.norm(x))  # (B, T, C)
 
 
 class BertModel(nn.Module):
     """input_ids (B, T), attention_mask (B, T) with 1 = real token, 0 = padding -> (B, T, C)."""
 
-    def __init__(self, config: BertConfig, add_pooler: bool = True):
+    def __init__(self, config: BertConfig, add_pooler: bool | None = None):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
-        # BERT's [CLS] pooler (dense + tanh) is kept so checkpoints round-trip; SBERT does not use it.
+        nh, buckets = config.num_attention_heads, config.relative_attention_num_buckets
+        # MPNet: one learned bias per head and offset bucket, shared by all layers.
+        self.relative_bias = nn.Embedding(buckets, nh) if buckets else None
+        # BERT's [CLS] pooler (dense + tanh) is kept so checkpoints round-trip; SBERT does not use
+        # it. DistilBERT was distilled without one.
+        if add_pooler is None:
+            add_pooler = config.model_type != "distilbert"
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooler else None
         self.apply(self._init_weights)
+        if config.sinusoidal_pos_embds:
+            with torch.no_grad():
+                self.embeddings.position.weight.copy_(
+                    sinusoidal_table(config.max_position_embeddings, config.hidden_size))
 
     @staticmethod
     def _init_weights(m):
@@ -186,10 +323,20 @@ class BertModel(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
+    def relative_position_bias(self, T: int, device) -> torch.Tensor:
+        """MPNet's bias on the attention scores: (1, nh, T, T), by key-minus-query offset."""
+        pos = torch.arange(T, device=device)
+        buckets = relative_position_bucket(pos[None, :] - pos[:, None])  # (T, T)
+        return self.relative_bias(buckets).permute(2, 0, 1)[None]  # (T, T, nh) -> (1, nh, T, T)
+
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         # The one mask for all layers: (B, T) -> (B, 1, 1, T), broadcast over heads and queries.
         mask = attention_mask.bool()[:, None, None, :]
-        x = self.embeddings(input_ids, token_type_ids)
+        if self.relative_bias is not None:
+            # SDPA takes bias and padding as one float mask: the bias, -inf on padded keys.
+            bias = self.relative_position_bias(input_ids.size(1), input_ids.device)
+            mask = torch.where(mask, bias, float("-inf"))  # (B, nh, T, T)
+        x = self.embeddings(input_ids, attention_mask, token_type_ids)
         for layer in self.layers:
             x = layer(x, mask)
         return x  # (B, T, C)

@@ -71,7 +71,8 @@ def write_json(path: Path, d: dict) -> None:
 class Transformer(nn.Module):
     """Tokenizer + encoder. forward(input_ids, attention_mask) -> token embeddings (B, T, C).
 
-    Load from a Hugging Face folder: Transformer("path/to/bert"), or build from parts:
+    Load from a Hugging Face folder of any family in checkpoint.FAMILIES (config.json's
+    model_type decides): Transformer("path/to/bert"), or build from parts:
     Transformer(encoder=BertModel(config), tokenizer=tok)."""
 
     def __init__(self, model_name_or_path=None, max_seq_length=None, do_lower_case=False, *,
@@ -84,9 +85,10 @@ class Transformer(nn.Module):
             config = BertConfig.from_dict(self.hf_config, str(folder / "config.json"))
             encoder = BertModel(config)
             state, file = checkpoint.read_weights(folder)
-            checkpoint.load_into(encoder, checkpoint.hf_to_ours(state, file), file)
-            default = default_max_seq_length(folder)
-            tokenizer = Tokenizer.from_folder(folder, max_seq_length or default)
+            state = checkpoint.hf_to_ours(state, file, family=config.model_type)
+            checkpoint.load_into(encoder, state, file)
+            default = default_max_seq_length(folder, config.max_length)
+            tokenizer = Tokenizer.from_folder(folder, max_seq_length or default, config.model_type)
         if encoder is None or tokenizer is None:
             raise TypeError("Transformer needs model_name_or_path, or both encoder= and tokenizer=")
         self.encoder, self.tokenizer = encoder, tokenizer
@@ -99,10 +101,11 @@ class Transformer(nn.Module):
 
     @max_seq_length.setter
     def max_seq_length(self, n: int) -> None:
-        limit = self.encoder.config.max_position_embeddings
-        if not isinstance(n, int) or n < 2 or n > limit:
-            raise ValueError(f"max_seq_length={n!r} must be an int between 2 and the model's "
-                             f"max_position_embeddings ({limit})")
+        config = self.encoder.config
+        if not isinstance(n, int) or n < 2 or n > config.max_length:
+            raise ValueError(f"max_seq_length={n!r} must be an int between 2 and "
+                             f"{config.max_length}, the tokens the model's max_position_embeddings "
+                             f"({config.max_position_embeddings}) cover")
         self.tokenizer.max_seq_length = n
 
     def get_word_embedding_dimension(self) -> int:
@@ -115,21 +118,22 @@ class Transformer(nn.Module):
         return self.encoder(input_ids, attention_mask)  # (B, T, C)
 
     def save(self, folder) -> None:
+        """config.json and model.safetensors in the family's own names, so transformers and
+        sentence-transformers load them; then the tokenizer files."""
         folder = Path(folder)
-        config = {**self.hf_config, **self.encoder.config.to_dict()}
-        config.setdefault("architectures", ["BertModel"])
-        write_json(folder / "config.json", config)
-        state = checkpoint.ours_to_hf(self.encoder.state_dict())
+        config = self.encoder.config
+        write_json(folder / "config.json", config.to_hf_dict(self.hf_config))
+        state = checkpoint.ours_to_hf(self.encoder.state_dict(), family=config.model_type)
         checkpoint.write_safetensors(folder / "model.safetensors", state, {"format": "pt"})
         self.tokenizer.save(folder)
         write_json(folder / "sentence_bert_config.json",
                    {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case})
 
 
-def default_max_seq_length(folder: Path) -> int:
+def default_max_seq_length(folder: Path, limit: int) -> int:
     """The default max_seq_length of a plain Hugging Face folder: the tokenizer's
-    model_max_length, capped by the position table (some files say 1e30 for "no limit")."""
-    limit = read_json(folder / "config.json").get("max_position_embeddings", 512)
+    model_max_length, capped by what the position table covers (some files say 1e30 for "no
+    limit")."""
     tok_config = folder / "tokenizer_config.json"
     n = read_json(tok_config).get("model_max_length", limit) if tok_config.is_file() else limit
     return int(min(n, limit)) if isinstance(n, (int, float)) else limit
@@ -163,14 +167,20 @@ class Pooling(nn.Module):
     def load(cls, folder) -> "Pooling":
         path = Path(folder) / "config.json"
         config = read_json(path)
-        modes = [m for m, flag in POOLING_FLAGS.items() if config.get(flag)]
-        modes += [flag for flag in UNSUPPORTED_FLAGS if config.get(flag)]
+        if "pooling_mode" in config:  # sentence-transformers >= 6: the mode by name
+            mode = config["pooling_mode"]
+            modes = [mode] if isinstance(mode, str) else list(mode)
+            dim_key = "embedding_dimension"
+        else:  # earlier versions: one boolean flag per mode
+            modes = [m for m, flag in POOLING_FLAGS.items() if config.get(flag)]
+            modes += [flag for flag in UNSUPPORTED_FLAGS if config.get(flag)]
+            dim_key = "word_embedding_dimension"
         if len(modes) != 1 or modes[0] not in POOLING_FUNCTIONS:
             raise ValueError(f"{path}: expected exactly one supported pooling mode "
-                             f"({', '.join(POOLING_FLAGS.values())}), got {modes or 'none'}")
-        dim = config.get("word_embedding_dimension")
-        if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"{path}: word_embedding_dimension must be a positive int, got {dim!r}")
+                             f"({', '.join(POOLING_FUNCTIONS)}), got {modes or 'none'}")
+        dim = config.get(dim_key)
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ValueError(f"{path}: {dim_key} must be a positive int, got {dim!r}")
         return cls(dim, modes[0])
 
 

@@ -21,7 +21,7 @@ def _real_path(variable: str) -> Path:
         pytest.skip(f"{variable} is not set")
     if not Path(value).exists():
         pytest.fail(f"{variable}={value} does not exist")
-    return Path(value)
+    return Path(value).resolve()  # absolute: tests may run scripts from another folder
 
 
 @pytest.fixture(scope="session")

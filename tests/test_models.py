@@ -43,6 +43,21 @@ def test_pooling_config_round_trips_with_sentence_transformers_keys(tmp_path, mo
     assert Pooling.load(tmp_path).pooling_mode == mode
 
 
+@pytest.mark.parametrize("mode", ["mean", "max", "cls", "mean_sqrt_len_tokens"])
+def test_pooling_config_of_sentence_transformers_6_loads(tmp_path, mode):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "embedding_dimension": 384, "pooling_mode": mode, "include_prompt": True}))
+    pooling = Pooling.load(tmp_path)
+    assert (pooling.pooling_mode, pooling.word_embedding_dimension) == (mode, 384)
+
+
+def test_pooling_config_with_an_unsupported_mode_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "embedding_dimension": 8, "pooling_mode": "lasttoken"}))
+    with pytest.raises(ValueError, match="lasttoken"):
+        Pooling.load(tmp_path)
+
+
 def test_pooling_config_with_two_modes_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "word_embedding_dimension": 8, "pooling_mode_mean_tokens": True,

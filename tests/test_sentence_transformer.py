@@ -172,3 +172,22 @@ def test_saving_over_a_model_keeps_files_that_are_not_part_of_it(tiny_model, tmp
     tiny_model.save(tmp_path / "m")
     assert (tmp_path / "m" / "metrics.csv").read_text() == "step,loss\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_folder_in_the_sentence_transformers_6_layout_loads(tiny_model, tmp_path):
+    # What sentence-transformers 6.3 writes: new import paths, the pooling mode by name, and a
+    # sentence_bert_config.json without max_seq_length (the tokenizer config carries it).
+    texts = ["a man is playing guitar", "the dog"]
+    tiny_model.save(tmp_path / "m")
+    m = tmp_path / "m"
+    modules = json.loads((m / "modules.json").read_text())
+    modules[0]["type"] = "sentence_transformers.base.modules.transformer.Transformer"
+    modules[1]["type"] = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+    (m / "modules.json").write_text(json.dumps(modules))
+    (m / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"embedding_dimension": 32, "pooling_mode": "mean", "include_prompt": True}))
+    (m / "sentence_bert_config.json").write_text(json.dumps(
+        {"transformer_task": "feature-extraction", "module_output_name": "token_embeddings"}))
+    again = SentenceTransformer(str(m), device="cpu")
+    assert again.max_seq_length == 64
+    assert np.array_equal(again.encode(texts), tiny_model.encode(texts))
