@@ -20,10 +20,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .data import SentencesDataset, load_stsb
 from .evaluation import EmbeddingSimilarityEvaluator
-from .losses import CosineSimilarityLoss
+from .losses import AnglELoss, CoSENTLoss, CosineSimilarityLoss
+from .plots import plot_training_curves, require_matplotlib
 from .sentence_transformer import SentenceTransformer
+
+# --loss: SBERT's regression objective (section 4.2), or a ranking objective on the same pairs.
+LOSSES = {"cosine": CosineSimilarityLoss, "cosent": CoSENTLoss, "angle": AnglELoss}
 
 
 def parser(description: str, default_model: str) -> argparse.ArgumentParser:
@@ -41,12 +46,46 @@ def parser(description: str, default_model: str) -> argparse.ArgumentParser:
                    help="also evaluate on dev every N steps (0: only at each epoch's end)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--output", default=None, help="default: output/<script>-<model>-<time>")
+    p.add_argument("--checkpoint-steps", type=int, default=0,
+                   help="save a resumable checkpoint to <output>/checkpoints every N steps "
+                        "(0: never); the newest two are kept")
+    p.add_argument("--resume", default=None,
+                   help='continue a stopped run from a checkpoint folder, or "latest" (the newest '
+                        "in <output>/checkpoints; needs --output); use the run's other options")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="bf16/fp16: encode in it and train with mixed precision (bf16 where the "
+                        "hardware has it, else fp16 with loss scaling)")
+    p.add_argument("--loss", default="cosine", choices=list(LOSSES),
+                   help="cosine: CosineSimilarityLoss (default), cosent: CoSENTLoss, angle: AnglELoss")
+    p.add_argument("--plot", action="store_true",
+                   help="after training, draw loss and dev Spearman to <output>/curves.png (matplotlib)")
     return p
 
 
 def default_output(script: str, model: str) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model)
     return Path("output") / f"{script}-{name}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def output_folder(args, script: str) -> Path:
+    """--output; else a new folder, or for --resume <checkpoint> the run that checkpoint is in."""
+    resume = getattr(args, "resume", None)  # a Namespace built by hand may lack the option
+    if args.output:
+        return Path(args.output)
+    if resume == "latest":
+        raise ValueError("--resume latest needs --output, the folder of the run to continue")
+    if resume is not None:
+        return Path(resume).resolve().parent.parent  # <output>/checkpoints/checkpoint-<step>
+    return default_output(script, args.model)
+
+
+def checkpoint_options(args, output: Path) -> dict:
+    """fit's checkpoint arguments for --checkpoint-steps and --resume."""
+    resume = getattr(args, "resume", None)
+    return {"checkpoint_path": str(output / "checkpoints"),
+            "checkpoint_save_steps": getattr(args, "checkpoint_steps", 0),
+            "checkpoint_save_total_limit": 2,
+            "resume_from_checkpoint": True if resume == "latest" else resume}
 
 
 def seed_everything(seed: int) -> None:
@@ -56,38 +95,59 @@ def seed_everything(seed: int) -> None:
 
 
 def train_on_stsb(model: SentenceTransformer, args, script: str) -> dict:
-    """Fine-tune `model` on STSb train, keep the best on dev, report dev and test."""
-    output = Path(args.output) if args.output else default_output(script, args.model)
+    """Fine-tune `model` on STSb train, keep the best on dev, report dev and test.
+
+    Under torchrun every rank trains on its share of the data; rank 0 alone saves and reports,
+    and the other ranks return {} once training is done."""
+    output = output_folder(args, script)
+    # A Namespace built by hand (as in the tests) may lack the newer options.
+    loss_name, plot = getattr(args, "loss", "cosine"), getattr(args, "plot", False)
+    precision = getattr(args, "precision", "fp32")
+    model.precision = precision  # the evaluators' encode runs in it; training uses autocast
+    if plot:
+        require_matplotlib()  # fail before training, not after
     # 1. Data: pairs with gold scores scaled to 0-1.
     train, dev, test = (load_stsb(split, args.data) for split in ("train", "dev", "test"))
-    loader = DataLoader(SentencesDataset(train, model), shuffle=True, batch_size=args.batch_size)
-    # 2. The siamese regression objective and the dev evaluator that picks the best model.
-    loss = CosineSimilarityLoss(model)
+    dataset = SentencesDataset(train, model)
+    sampler = distributed.sampler(dataset, seed=args.seed)  # None: a single process shuffles
+    loader = DataLoader(dataset, shuffle=sampler is None, sampler=sampler, batch_size=args.batch_size)
+    # 2. The siamese objective (default: regression) and the dev evaluator that picks the best model.
+    loss = LOSSES[loss_name](model)
     dev_evaluator = EmbeddingSimilarityEvaluator.from_input_examples(dev, name="sts-dev")
     # 3. Train: warmup over the first warmup-ratio of all steps, then linear decay.
     steps = args.epochs * len(loader)
     if args.max_steps is not None:
         steps = min(steps, args.max_steps)
     warmup = math.ceil(steps * args.warmup_ratio)
-    print(f"Training on {len(train)} pairs: {steps} steps of batch {args.batch_size}, "
-          f"{warmup} warmup steps, device {model.device}; saving to {output}")
+    world = distributed.world_size()
+    batch = f"{args.batch_size}" if world == 1 else \
+        f"{args.batch_size} per process x {world} processes = {args.batch_size * world}"
+    if distributed.is_main():
+        print(f"Training on {len(train)} pairs: {steps} steps of batch {batch}, "
+              f"{warmup} warmup steps, device {model.device}, {precision}; saving to {output}")
     start = time.perf_counter()
     rows = model.fit(train_objectives=[(loader, loss)], evaluator=dev_evaluator, epochs=args.epochs,
               warmup_steps=warmup, optimizer_params={"lr": args.lr},
               evaluation_steps=args.evaluation_steps, output_path=str(output),
-              max_steps=args.max_steps, seed=args.seed)
+              max_steps=args.max_steps, seed=args.seed, use_amp=precision != "fp32",
+              **checkpoint_options(args, output))
     seconds = time.perf_counter() - start
+    if not distributed.is_main():
+        return {}
     # 4. The last state goes to final/; the figures are those of the best model on dev.
     model.save(output / "final")
     best_row = max(rows, key=lambda row: np.nan_to_num(row[dev_evaluator.primary_metric], nan=-1))
-    dev_scores = {k: v for k, v in best_row.items() if k not in ("step", "epoch", "loss", "lr")}
-    best = SentenceTransformer(str(output), device=model.device)
+    not_scores = ("step", "epoch", "loss", "lr", "nonfinite_steps")
+    dev_scores = {k: v for k, v in best_row.items() if k not in not_scores}
+    best = SentenceTransformer(str(output), device=model.device, precision=precision)
     test_evaluator = EmbeddingSimilarityEvaluator.from_input_examples(test, name="sts-test")
     results = {"dev": dev_scores, "test": test_evaluator(best), "model": args.model,
                "epochs": args.epochs, "steps": steps, "batch_size": args.batch_size,
-               "lr": args.lr, "seed": args.seed, "train_seconds": round(seconds, 1)}
+               "processes": world, "lr": args.lr, "loss": loss_name, "precision": precision, "seed": args.seed, "train_seconds": round(seconds, 1)}
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"dev  Spearman (cosine): {results['dev']['spearman_cosine']:.4f}")
     print(f"test Spearman (cosine): {results['test']['spearman_cosine']:.4f}")
     print(f"trained in {seconds:.0f} s; results in {output / 'results.json'}")
+    if plot:
+        print(f"curves: {plot_training_curves(output / 'metrics.csv', output / 'curves.png')}")
     return results

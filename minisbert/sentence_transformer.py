@@ -9,6 +9,7 @@ Read next: losses.py (how u and v are trained), then training.py.
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -22,12 +23,16 @@ from tqdm.auto import tqdm
 from . import __version__
 from .hub import resolve
 from .models import Normalize, Pooling, Transformer, read_json, write_json
+from .precision import WeightCache, precision_name, resolve_dtype, to_device, weights_as
 
 log = logging.getLogger(__name__)
 
 # modules.json names each class by its import path, and that path has changed between
 # sentence-transformers versions; the last dotted part, the class name, has not.
 MODULE_TYPES = {"Transformer": Transformer, "Pooling": Pooling, "Normalize": Normalize}
+# encode() tokenizes this many sentences at a time: enough to sort them into batches of similar
+# length, few enough that their padded token ids stay small next to the model.
+TOKENIZE_CHUNK = 4096
 
 
 def inside(root: Path, sub: str, file: Path) -> Path:
@@ -50,13 +55,33 @@ def load_modules(folder: Path) -> list[nn.Module]:
                              f"knows {', '.join(MODULE_TYPES)}")
         path = inside(folder, entry.get("path", ""), file)
         if kind == "Transformer":
-            sbert = path / "sentence_bert_config.json"
-            options = read_json(sbert) if sbert.is_file() else {}
-            modules.append(Transformer(path, max_seq_length=options.get("max_seq_length"),
-                                       do_lower_case=options.get("do_lower_case", False)))
+            modules.append(load_transformer(path))
         else:
             modules.append(MODULE_TYPES[kind].load(path))
+        if kind == "Pooling" and modules and isinstance(modules[0], Transformer):
+            width = modules[0].get_word_embedding_dimension()
+            if modules[-1].word_embedding_dimension != width:
+                raise ValueError(f"{path / 'config.json'}: word_embedding_dimension "
+                                 f"{modules[-1].word_embedding_dimension} is not the "
+                                 f"transformer's hidden size {width}")
     return modules
+
+
+def load_transformer(path: Path) -> Transformer:
+    """The Transformer in `path`, with the options of its sentence_bert_config.json."""
+    sbert = path / "sentence_bert_config.json"
+    options = read_json(sbert) if sbert.is_file() else {}
+    n, lower = options.get("max_seq_length"), options.get("do_lower_case", False)
+    if not (n is None or type(n) is int) or not isinstance(lower, bool):
+        raise ValueError(f"{sbert}: max_seq_length must be an int or null and do_lower_case a "
+                         f"bool, got {n!r} and {lower!r}")
+    transformer = Transformer(path, do_lower_case=lower)
+    if n is not None:
+        try:
+            transformer.max_seq_length = n
+        except ValueError as e:
+            raise ValueError(f"{sbert}: {e}") from None
+    return transformer
 
 
 def read_json_list(file: Path) -> list[dict]:
@@ -64,8 +89,9 @@ def read_json_list(file: Path) -> list[dict]:
         entries = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{file}: not a valid JSON file: {e}") from e
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"{file}: expected a list of module objects")
+    if not isinstance(entries, list) or not entries or not all(
+            isinstance(e, dict) and type(e.get("idx", 0)) is int for e in entries):
+        raise ValueError(f"{file}: expected a non-empty list of module objects with int idx")
     return sorted(entries, key=lambda e: e.get("idx", 0))
 
 
@@ -73,6 +99,9 @@ def replace_folder(tmp: Path, path: Path) -> None:
     """Move the freshly written folder `tmp` to `path`. Files of an old `path` that the new save
     does not write (a metrics.csv, say) are kept; the old model files are deleted only once the
     new ones are in place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a saved model is an ordinary folder
     if not path.exists():
         os.replace(tmp, path)
         return
@@ -90,7 +119,7 @@ class SentenceTransformer(nn.Sequential):
 
     forward(input_ids (B, T), attention_mask (B, T)) -> sentence embeddings (B, dim)."""
 
-    def __init__(self, model_name_or_path=None, modules=None, device=None):
+    def __init__(self, model_name_or_path=None, modules=None, device=None, precision=None):
         if model_name_or_path is not None:
             folder = resolve(model_name_or_path)
             if (folder / "modules.json").is_file():
@@ -107,6 +136,8 @@ class SentenceTransformer(nn.Sequential):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.to(device)
+        self.precision = precision
+        self._logged = set()  # the (dtype, device) pairs encode has announced
 
     @property
     def device(self) -> torch.device:
@@ -132,42 +163,79 @@ class SentenceTransformer(nn.Sequential):
             x = module(x)
         return x
 
+    @property
+    def precision(self) -> str:
+        """The number format encode() runs in unless told otherwise: "fp32", "bf16" or "fp16".
+
+        The weights stay fp32, so the model still trains. encode() casts a copy of them once and
+        keeps it until the weights change (an optimizer step, load_state_dict, .to()); an edit
+        through `.data` goes unnoticed, so set `precision` again after one: that drops the copy."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value) -> None:
+        self._precision = precision_name(value)
+        self._weight_cache = WeightCache()  # encode's low-precision copy of the weights
+
     def encode(self, sentences, batch_size=32, show_progress_bar=None, convert_to_numpy=True,
-               convert_to_tensor=False, normalize_embeddings=False, device=None):
-        """A str gives one vector (dim,); a list gives (N, dim) float32, in the input order."""
+               convert_to_tensor=False, normalize_embeddings=False, device=None, precision=None):
+        """A str gives one vector (dim,); a list gives (N, dim) float32, in the input order.
+        `precision` ("fp32", "bf16", "fp16"; None: the model's `precision`) is the number format
+        of the forward pass; the embeddings come back as float32 either way."""
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         for i, s in enumerate(sentences):
             if not isinstance(s, str):
                 raise TypeError(f"encode: sentence {i} is {type(s).__name__}, not str")
         device = torch.device(device) if device is not None else self.device
-        # Longest first: each batch pads to its own longest sentence, so similar lengths together
-        # waste the least compute on padding. `order` puts the results back afterwards.
-        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+        dtype = resolve_dtype(precision if precision is not None else self.precision)
+        if (dtype, device) not in self._logged:
+            self._logged.add((dtype, device))
+            log.info("encode runs in %s on %s", precision_name(dtype), device)
         if show_progress_bar is None:
             show_progress_bar = len(sentences) > 32 * batch_size
+        n_batches = sum(math.ceil(min(TOKENIZE_CHUNK, len(sentences) - start) / batch_size)
+                        for start in range(0, len(sentences), TOKENIZE_CHUNK))
         was_training = self.training
         self.eval()
-        chunks = []
+        indices, chunks = [], []
         try:
-            with torch.inference_mode():
-                for start in tqdm(range(0, len(order), batch_size), desc="Batches",
-                                  disable=not show_progress_bar):
-                    batch = [sentences[i] for i in order[start:start + batch_size]]
-                    features = {k: v.to(device) for k, v in self.tokenize(batch).items()}
+            with weights_as(self, dtype, self._weight_cache), torch.inference_mode():
+                for index, features in tqdm(self._length_sorted_batches(sentences, batch_size, device),
+                                            total=n_batches, desc="Batches",
+                                            disable=not show_progress_bar):
                     x = self(**features).float()
                     chunks.append(nn.functional.normalize(x, dim=-1) if normalize_embeddings else x)
+                    indices.append(index)
         finally:
             self.train(was_training)
         dim = self.get_sentence_embedding_dimension()
-        sorted_embeddings = torch.cat(chunks) if chunks else torch.zeros(0, dim, device=device)
-        embeddings = torch.empty_like(sorted_embeddings)
-        embeddings[torch.tensor(order, dtype=torch.long, device=device)] = sorted_embeddings
+        embeddings = torch.zeros(len(sentences), dim, device=device)
+        if chunks:
+            embeddings[torch.cat(indices).to(device)] = torch.cat(chunks)
         if single:
             embeddings = embeddings[0]
         if convert_to_tensor:
             return embeddings
         return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
+
+    def _length_sorted_batches(self, sentences: list[str], batch_size: int, device):
+        """Yield (indices into `sentences`, features on `device`), longest sentences first.
+
+        Each batch pads to its own longest sentence, so batching sentences of similar token length
+        wastes the least compute on padding (on STSb test, sorting by token count pads 23% fewer
+        tokens than sorting by characters). That needs the token counts before batching, so the
+        sentences are tokenized a chunk at a time and each chunk moves to the device in one go."""
+        for start in range(0, len(sentences), TOKENIZE_CHUNK):
+            features = self.tokenize(sentences[start:start + TOKENIZE_CHUNK])
+            lengths = features["attention_mask"].sum(1)  # (n,) real tokens per sentence
+            order = torch.argsort(lengths, descending=True, stable=True)
+            features = to_device(features, device)
+            for b in range(0, len(order), batch_size):
+                index = order[b:b + batch_size]
+                T = int(lengths[index[0]])  # the batch's longest sentence
+                on_device = index.to(device)
+                yield start + index, {k: v[on_device, :T] for k, v in features.items()}
 
     def save(self, path) -> None:
         """Write the sentence-transformers folder layout. The new folder is built beside `path`
@@ -195,3 +263,8 @@ class SentenceTransformer(nn.Sequential):
         """Train with sentence-transformers' classic signature; see training.fit."""
         from .training import fit
         return fit(self, *args, **kwargs)
+
+    def explain(self, a: str, b: str):
+        """cos(encode(a), encode(b)) split into token-pair contributions; see explain.explain."""
+        from .explain import explain
+        return explain(self, a, b)

@@ -4,13 +4,14 @@
 signature. The STSb recipe it serves is SBERT section 3 "Training Details" (batch 16, Adam with lr
 2e-5, linear warmup over 10% of the training data) applied to the regression objective as in
 section 4.2. Each evaluation appends a row to metrics.csv; the best model by the evaluator's
-primary metric is saved. Read next: evaluation.py, which produces that metric.
+primary metric is saved. A step with a non-finite loss is skipped, and checkpoints (resume.py) let
+a killed run continue. Read next: evaluation.py, which produces that metric.
 """
 
-import contextlib
 import csv
+import logging
 import math
-from dataclasses import dataclass
+import numbers
 from functools import partial
 from pathlib import Path
 
@@ -19,36 +20,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from minisbert import distributed
 from minisbert.data import collate
+from minisbert.precision import Precision, mixed_precision
+from minisbert.resume import Batches, resume_run, save_checkpoint, training_state
 
-
-@dataclass
-class Precision:
-    """How the forward pass runs: autocast `dtype` (None: plain float32) and the fp16 GradScaler."""
-
-    device_type: str
-    dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-
-def mixed_precision(device: torch.device | str, enabled: bool) -> Precision:
-    """The one place that picks the mixed-precision recipe for a device.
-
-    bf16 where the hardware has it (CPU, CUDA since Ampere): it keeps fp32's exponent range, so
-    gradients need no scaling. Otherwise fp16, whose narrow range flushes small gradients to zero
-    unless a GradScaler multiplies the loss first. Losses compute themselves in fp32 either way.
-    """
-    device = torch.device(device)
-    if not enabled:
-        return Precision(device.type)
-    if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return Precision(device.type, torch.bfloat16)
-    return Precision(device.type, torch.float16, torch.amp.GradScaler(device.type))
+log = logging.getLogger(__name__)
 
 
 def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
@@ -89,63 +66,97 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, tot
     return LambdaLR(optimizer, factor)
 
 
-def _round_robin(train_objectives: list, steps: int):
-    """For each of `steps` steps, yield [(loss, features, labels)]: one batch per objective.
-
-    A dataloader that runs out early restarts (when steps_per_epoch exceeds its length).
-    """
-    iterators = [iter(dataloader) for dataloader, _ in train_objectives]
-    for _ in range(steps):
-        batches = []
-        for i, (dataloader, loss) in enumerate(train_objectives):
-            try:
-                batch = next(iterators[i])
-            except StopIteration:
-                iterators[i] = iter(dataloader)
-                batch = next(iterators[i])
-            batches.append((loss, *batch))
-        yield batches
+def _forward_backward(loss_modules: list, batches: list, device, precision: Precision) -> float | None:
+    """Forward in (mixed) precision, backward per objective: the gradients add up. Returns the
+    summed loss, or None as soon as one loss is not finite (its gradients are then worthless)."""
+    total = 0.0
+    for loss_fn, (features, labels) in zip(loss_modules, batches):
+        features = [{k: t.to(device) for k, t in f.items()} for f in features]
+        with precision.autocast():
+            loss = loss_fn(features, labels.to(device))
+        (precision.scaler.scale(loss) if precision.scaler else loss).backward()
+        value = loss.item()
+        if not math.isfinite(value):
+            return None
+        total += value
+    return total
 
 
-def _update(optimizer, scheduler, params: list, max_grad_norm: float | None, scaler) -> None:
-    """Clip the global gradient norm, apply the update and advance the lr schedule."""
+def _update(optimizer, scheduler, params: list, max_grad_norm: float | None, scaler) -> bool:
+    """Clip the global gradient norm, apply the update and advance the lr schedule. Returns False,
+    changing nothing, when the gradients are not finite (without a GradScaler, whose own
+    response to an overflow, a skipped update and a lower scale, is routine in fp16)."""
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-    if max_grad_norm:
-        nn.utils.clip_grad_norm_(params, max_grad_norm)
+    norm = nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf)  # inf: measure only
     if scaler is None:
+        if not torch.isfinite(norm):
+            return False
         optimizer.step()
         scheduler.step()
-        return
+        return True
     scale = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()
     if scaler.get_scale() >= scale:  # a lowered scale means inf/NaN gradients: no update was made
         scheduler.step()
+    return True
+
+
+class _NonFinite:
+    """Counts the steps skipped for a non-finite loss or gradient norm; such a step changes no
+    weight and does not advance the lr schedule. `limit` skipped steps in a row stop training."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.total, self.streak = limit, 0, 0
+
+    def count(self, finite: bool, step: int) -> None:
+        if finite:
+            self.streak = 0
+            return
+        self.total, self.streak = self.total + 1, self.streak + 1
+        log.warning("step %d: loss or gradients not finite; step skipped (%d in a row, %d in all)",
+                    step, self.streak, self.total)
+        if self.limit and self.streak >= self.limit:
+            raise RuntimeError(
+                f"training stopped at step {step}: the loss or gradients were not finite for "
+                f"{self.streak} steps in a row (steps {step - self.streak + 1}-{step}). Those steps "
+                "changed no weights; the best model and checkpoints saved so far come from before "
+                "them. Try a lower learning rate, or check the data and the loss.")
+
+    def state_dict(self) -> dict:
+        return {"total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.streak = state["total"], 0
 
 
 class _Progress:
     """What fit records at each evaluation point: the mean training loss since the last row,
-    the lr, the evaluator's scores (a row of metrics.csv), and the best model so far."""
+    the lr, the evaluator's scores and the count of skipped steps (a row of metrics.csv), and the
+    best model so far. `trusted` is False while the latest steps had non-finite losses: a model
+    in that state is never saved as the best."""
 
     def __init__(self, model, evaluator, output_path, save_best_model: bool, callback):
         self.model, self.evaluator, self.callback = model, evaluator, callback
         self.output_path = Path(output_path) if output_path is not None else None
         self.save_best = save_best_model and self.output_path is not None
-        self.rows, self.best, self.last_step = [], None, None
+        self.rows, self.best, self.trusted = [], None, True
         self._loss_sum, self._loss_steps = 0.0, 0
 
     def add_loss(self, value: float) -> None:
         self._loss_sum, self._loss_steps = self._loss_sum + value, self._loss_steps + 1
 
-    def record(self, step: int, epoch: int, epoch_step: int, lr: float) -> None:
-        row = {"step": step, "epoch": epoch, "loss": self._loss_sum / max(1, self._loss_steps), "lr": lr}
-        self._loss_sum, self._loss_steps, self.last_step = 0.0, 0, step
+    def record(self, step: int, epoch: int, epoch_step: int, lr: float, skipped: int) -> None:
+        loss = self._loss_sum / self._loss_steps if self._loss_steps else math.nan  # all skipped
+        row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr}
+        self._loss_sum, self._loss_steps = 0.0, 0
         if self.evaluator is not None:
             row.update(self._evaluate(epoch, epoch_step))
+        row["nonfinite_steps"] = skipped
         self.rows.append(row)
         if self.output_path is not None:
-            self._write(row)
+            self._write(self.rows[-1:], new_file=len(self.rows) == 1)  # a new run, a new file
 
     def _evaluate(self, epoch: int, epoch_step: int) -> dict:
         eval_path = self.output_path / "eval" if self.output_path is not None else None
@@ -157,27 +168,41 @@ class _Progress:
         if self.callback is not None:
             self.callback(score, epoch, epoch_step)
         key = -math.inf if math.isnan(score) else score  # a NaN score never beats a real one
-        if self.best is None or key > self.best:
+        if self.trusted and (self.best is None or key > self.best):
             self.best = key
             if self.save_best:
                 self.model.save(self.output_path)
-        return result
+        # Plain floats (not numpy's), so that a checkpoint of the rows loads with weights_only.
+        return {k: float(v) if isinstance(v, numbers.Real) else v for k, v in result.items()}
 
-    def _write(self, row: dict) -> None:
+    def _write(self, rows: list[dict], new_file: bool) -> None:
         self.output_path.mkdir(parents=True, exist_ok=True)
-        first = len(self.rows) == 1  # a new run starts a new file
-        with open(self.output_path / "metrics.csv", "w" if first else "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if first:
+        with open(self.output_path / "metrics.csv", "w" if new_file else "a", newline="",
+                  encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new_file:
                 writer.writeheader()
-            writer.writerow(row)
+            writer.writerows(rows)
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "best": self.best, "loss_sum": self._loss_sum,
+                "loss_steps": self._loss_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint; metrics.csv goes back to the rows it had then."""
+        self.rows, self.best = list(state["rows"]), state["best"]
+        self._loss_sum, self._loss_steps = state["loss_sum"], state["loss_steps"]
+        if self.output_path is not None and self.rows:
+            self._write(self.rows, new_file=True)
 
 
 def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoch: int | None = None,
         warmup_steps: int = 0, optimizer_class=torch.optim.AdamW, optimizer_params: dict | None = None,
         weight_decay: float = 0.01, evaluation_steps: int = 0, output_path=None, save_best_model: bool = True,
         max_grad_norm: float | None = 1.0, use_amp: bool = False, callback=None, show_progress_bar: bool = True,
-        max_steps: int | None = None, seed: int | None = None) -> list[dict]:
+        max_steps: int | None = None, seed: int | None = None, checkpoint_path=None,
+        checkpoint_save_steps: int = 500, checkpoint_save_total_limit: int | None = 0,
+        resume_from_checkpoint=None, max_nonfinite_steps: int | None = 5) -> list[dict]:
     """Train `model` on [(dataloader, loss), ...]; returns the metrics rows (as in metrics.csv).
 
     Each step takes one batch from every objective in turn and backpropagates each loss; their
@@ -189,16 +214,34 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     evaluator and `save_best_model`, `model.save(output_path)` keeps the best primary score,
     otherwise the final model is saved there. `callback(score, epoch, steps)` follows each
     evaluation. `use_amp` runs forward passes under autocast (see `mixed_precision`).
+
+    With `checkpoint_path`, every `checkpoint_save_steps` steps a checkpoint-<step> folder is
+    saved there (see resume.py), keeping the newest `checkpoint_save_total_limit` (0: all).
+    `resume_from_checkpoint` (a checkpoint folder, or True for the newest under checkpoint_path)
+    continues a run with the same arguments so that it ends as if never interrupted. A step whose
+    loss or gradients are not finite is skipped and counted (the rows' `nonfinite_steps`);
+    `max_nonfinite_steps` skipped in a row (None: no limit) raise a RuntimeError.
+
+    Under torchrun (see distributed.py) each process trains on its share of the data and the
+    gradients are averaged; rank 0 alone evaluates, calls `callback`, writes metrics.csv, the
+    model and checkpoints (the other ranks' rows have the loss and lr only). Resuming needs one
+    process. Give a single objective whose dataloader has a DistributedSampler.
     """
+    main = distributed.is_main()
+    if distributed.world_size() > 1 and (resume_from_checkpoint or len(train_objectives) != 1):
+        raise ValueError("under torchrun, fit trains one objective and does not resume from a "
+                         "checkpoint (its state is one process's); resume with a single process")
     # 1. Data: batches are tokenized by the model being trained, as in the classic API.
     if seed is not None:
-        torch.manual_seed(seed)  # also seeds the shuffling samplers, which draw from torch's RNG
+        # Also seeds the shuffling samplers, which draw from torch's RNG; each rank its own dropout.
+        torch.manual_seed(seed + distributed.rank())
     for dataloader, _ in train_objectives:
         dataloader.collate_fn = partial(collate, model=model)
     steps_per_epoch = steps_per_epoch or min(len(dataloader) for dataloader, _ in train_objectives)
     if steps_per_epoch == 0:
         raise ValueError("a training dataloader is empty")
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    batches = Batches([dataloader for dataloader, _ in train_objectives])
 
     # 2. Optimizer over the parameters of every loss (its model's and any head's), schedule, precision.
     device = model.device
@@ -207,44 +250,63 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     scheduler = linear_warmup_decay(optimizer, warmup_steps, total_steps)
     precision = mixed_precision(device, use_amp)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    progress = _Progress(model, evaluator, output_path, save_best_model, callback)
-    bar = tqdm(total=total_steps, desc="Training", disable=not show_progress_bar)
+    trained = [distributed.wrap(loss) for loss in loss_modules]  # under torchrun: DDP, else as is
+    progress = _Progress(model, evaluator if main else None, output_path if main else None,
+                         save_best_model, callback if main else None)
+    nonfinite = _NonFinite(max_nonfinite_steps)
 
-    step = 0
-    for epoch in range(epochs):
-        steps_now = min(steps_per_epoch, total_steps - step)
-        for epoch_step, batches in enumerate(_round_robin(train_objectives, steps_now), start=1):
-            # 3. Forward in (mixed) precision, backward per objective: gradients accumulate.
+    # 3. What a checkpoint holds, and where a resumed run continues (step 0 for a new one).
+    run = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+           "objectives": len(train_objectives), "amp": str(precision.dtype)}
+    parts = {"modules": nn.ModuleList(loss_modules), "optimizer": optimizer, "scheduler": scheduler,
+             "scaler": precision.scaler, "progress": progress, "nonfinite": nonfinite, "data": batches}
+    step = resume_run(resume_from_checkpoint, checkpoint_path, run, parts) if resume_from_checkpoint else 0
+
+    with tqdm(total=total_steps, initial=step, desc="Training",
+              disable=not (show_progress_bar and main)) as bar:
+        while step < total_steps:
+            epoch, epoch_step = divmod(step, steps_per_epoch)
+            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+            # 4. Forward and backward (every loss module in train mode: the evaluator's encode()
+            #    may have left eval mode on), then one update with the lr scheduled for this step;
+            #    a non-finite loss or gradient skips the update.
             for loss_module in loss_modules:
-                loss_module.train()  # the evaluator's encode() may have left eval mode on
+                loss_module.train()
+            if epoch_step == 0:
+                distributed.set_epoch([dataloader for dataloader, _ in train_objectives], epoch)
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for loss_fn, features, labels in batches:
-                features = [{k: t.to(device) for k, t in f.items()} for f in features]
-                with precision.autocast():
-                    loss = loss_fn(features, labels.to(device))
-                (precision.scaler.scale(loss) if precision.scaler else loss).backward()
-                step_loss += loss.item()
-
-            # 4. One update with the lr this step was scheduled for.
+            step_loss = _forward_backward(trained, batches.next(), device, precision)
+            step_loss = distributed.average(step_loss)  # all ranks log, and skip steps, alike
             lr = scheduler.get_last_lr()[0]
-            _update(optimizer, scheduler, params, max_grad_norm, precision.scaler)
-            step += 1
-            progress.add_loss(step_loss)
+            finite = step_loss is not None and _update(optimizer, scheduler, params, max_grad_norm,
+                                                       precision.scaler)
+            step, epoch_step = step + 1, epoch_step + 1
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+            nonfinite.count(finite, step)  # raises after max_nonfinite_steps in a row
+            progress.trusted = finite
+            if finite:
+                progress.add_loss(step_loss)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
 
-            # 5. Evaluate (and maybe save) every evaluation_steps ...
+            # 5. Evaluate (and maybe save the best) every evaluation_steps and at each epoch end.
             if evaluation_steps > 0 and step % evaluation_steps == 0:
-                progress.record(step, epoch, epoch_step, lr)
-        # ... and at the end of each epoch, unless that step was just evaluated.
-        if progress.last_step != step:
-            progress.record(step, epoch, -1, lr)
-        if step >= total_steps:
-            break
-    bar.close()
+                progress.record(step, epoch, epoch_step, lr, nonfinite.total)
+            elif epoch_step == epoch_steps:
+                progress.record(step, epoch, -1, lr, nonfinite.total)
+            if epoch_step == epoch_steps:
+                batches.new_epoch()
+            # 6. Checkpoint, but never a state whose latest loss was not finite.
+            if checkpoint_path is not None and checkpoint_save_steps > 0 and finite \
+                    and step % checkpoint_save_steps == 0:
+                if main:
+                    save_checkpoint(checkpoint_path, step, model, training_state(step, run, parts),
+                                    checkpoint_save_total_limit)
+                distributed.barrier()
 
-    # 6. Without a best model to keep, the final one is the result.
-    if output_path is not None and (evaluator is None or not save_best_model):
+    # 7. Without a best model to keep, the final one is the result.
+    if main and output_path is not None and (evaluator is None or not save_best_model):
         model.save(output_path)
+    distributed.barrier()  # no rank returns before rank 0's folder is whole
     return progress.rows

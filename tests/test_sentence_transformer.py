@@ -166,6 +166,13 @@ def test_a_failed_save_leaves_the_previous_model_intact(tiny_model, tmp_path, mo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders
 
 
+def test_a_saved_folder_gets_the_usual_permissions_not_a_temporary_folders(tiny_model, tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()  # made with the process's umask, as any ordinary folder
+    tiny_model.save(tmp_path / "m")
+    assert (tmp_path / "m").stat().st_mode & 0o777 == probe.stat().st_mode & 0o777
+
+
 def test_saving_over_a_model_keeps_files_that_are_not_part_of_it(tiny_model, tmp_path):
     tiny_model.save(tmp_path / "m")
     (tmp_path / "m" / "metrics.csv").write_text("step,loss\n")

@@ -1,6 +1,7 @@
 """The training loop: lr schedule by hand, weight-decay groups, precision, logging, saving."""
 
 import csv
+import math
 import random
 import warnings
 
@@ -12,7 +13,8 @@ from torch.utils.data import DataLoader
 from minisbert import losses
 from minisbert.data import InputExample, SentencesDataset, collate
 from minisbert.evaluation import EmbeddingSimilarityEvaluator
-from minisbert.training import fit, linear_warmup_decay, mixed_precision, param_groups
+from minisbert.precision import mixed_precision
+from minisbert.training import fit, linear_warmup_decay, param_groups
 from fake_model import FakeSentenceTransformer
 
 ANIMALS = "cat dog cow horse sheep goat hen duck".split()
@@ -81,12 +83,12 @@ def test_weight_decay_spares_biases_and_layernorms_and_lists_shared_parameters_o
 
 def test_mixed_precision_is_bf16_on_cpu_fp16_with_a_scaler_on_old_gpus(monkeypatch):
     off = mixed_precision("cpu", enabled=False)
-    assert (off.dtype, off.scaler) == (None, None)
+    assert (off.dtype, off.scaler) == (torch.float32, None)
     cpu = mixed_precision("cpu", enabled=True)
     assert (cpu.dtype, cpu.scaler) == (torch.bfloat16, None)
     with cpu.autocast():
         assert torch.is_autocast_enabled("cpu")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kwargs: False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA is not available" on a CPU-only machine
         old_gpu = mixed_precision("cuda", enabled=True)
@@ -168,7 +170,7 @@ def test_without_an_evaluator_the_final_model_is_saved(tmp_path):
     rows = fit(model, [(DataLoader(toy_pairs(8), batch_size=4), losses.CosineSimilarityLoss(model))],
                epochs=2, output_path=tmp_path, show_progress_bar=False)
     assert model.saved == [tmp_path] and [r["step"] for r in rows] == [2, 4]
-    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == "step,epoch,loss,lr"
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == "step,epoch,loss,lr,nonfinite_steps"
 
 
 def test_several_objectives_take_turns_and_an_epoch_is_the_shortest_dataloader():
@@ -218,3 +220,69 @@ def test_a_dataloader_over_a_plain_list_of_examples_works_too():
     rows = fit(model, [(DataLoader(toy_pairs(8), shuffle=True, batch_size=4), losses.CosineSimilarityLoss(model))],
                show_progress_bar=False)
     assert rows[-1]["step"] == 2
+
+
+# --- non-finite losses ------------------------------------------------------------------------
+
+class BreakAt(nn.Module):
+    """CosineSimilarityLoss, but at the listed steps (or from step `start` on) the loss is NaN, or
+    with `gradient=True` the loss stays finite and its gradient is NaN."""
+
+    def __init__(self, model, steps=(), start=None, gradient=False):
+        super().__init__()
+        self.loss, self.model = losses.CosineSimilarityLoss(model), model
+        self.steps, self.start, self.gradient, self.calls = set(steps), start, gradient, 0
+
+    def forward(self, features, labels):
+        self.calls += 1
+        loss = self.loss(features, labels)
+        if self.calls in self.steps or (self.start is not None and self.calls >= self.start):
+            if self.gradient:  # d sqrt(|x|)/dx at 0 is inf * 0 = NaN
+                return loss + (self.model.proj.weight * 0).abs().sqrt().sum()
+            return loss * float("nan")
+        return loss
+
+
+class WeightsAtEachEvaluation:
+    """Scores 0.1, 0.2, ... (each evaluation looks best) and keeps a copy of the weights."""
+    primary_metric = "spearman_cosine"
+
+    def __init__(self):
+        self.weights = []
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        self.weights.append(model.proj.weight.detach().clone())
+        return {"spearman_cosine": 0.1 * len(self.weights)}
+
+
+@pytest.mark.parametrize("gradient", [False, True], ids=["nan_loss", "nan_gradient"])
+def test_a_non_finite_step_changes_no_weight_and_no_lr_and_is_counted(gradient):
+    model = FakeSentenceTransformer()
+    evaluator = WeightsAtEachEvaluation()
+    rows = fit(model, [(DataLoader(toy_pairs(24), batch_size=4), BreakAt(model, [3], gradient=gradient))],
+               evaluator=evaluator, evaluation_steps=1, warmup_steps=0,
+               optimizer_params={"lr": 1e-2}, show_progress_bar=False)
+    assert [r["nonfinite_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]
+    assert torch.equal(evaluator.weights[1], evaluator.weights[2])  # no update, no weight decay
+    assert not torch.equal(evaluator.weights[2], evaluator.weights[3])  # training went on
+    lrs = [r["lr"] for r in rows]
+    assert lrs[3] == lrs[2] and lrs == pytest.approx([1e-2 * k / 6 for k in (6, 5, 4, 4, 3, 2)])
+    assert all(math.isfinite(r["loss"]) for i, r in enumerate(rows) if i != 2)
+    assert math.isnan(rows[2]["loss"])  # the row of step 3 alone had no finite loss
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_non_finite_steps_in_a_row_stop_training_and_keep_the_best_model_from_before(tmp_path):
+    model = FakeSentenceTransformer()
+    loader = DataLoader(toy_pairs(40), batch_size=4)
+    with pytest.raises(RuntimeError, match=r"stopped at step 6: .* 3 steps in a row \(steps 4-6\)"):
+        fit(model, [(loader, BreakAt(model, start=4))], evaluator=WeightsAtEachEvaluation(),
+            evaluation_steps=1, output_path=tmp_path / "best", checkpoint_path=tmp_path / "ckpt",
+            checkpoint_save_steps=1, max_nonfinite_steps=3, show_progress_bar=False)
+    # Each evaluation scored higher, yet only those of steps 1-3 saved a best model or checkpoint.
+    assert model.saved.count(tmp_path / "best") == 3
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [f"checkpoint-{i}" for i in (1, 2, 3)]
+    saved = torch.load(tmp_path / "best" / "fake_model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    table = (tmp_path / "best" / "metrics.csv").read_text().splitlines()
+    assert [line.rsplit(",", 1)[1] for line in table[1:]] == ["0", "0", "0", "1", "2"]
