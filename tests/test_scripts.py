@@ -1,11 +1,13 @@
 """The main job end to end: the seed snippet, the STSb recipe and the two training scripts."""
 
 import json
+import runpy
 import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -76,3 +78,35 @@ def test_script_runs_end_to_end_on_real_files(script, test_model_dir, stsb_dir, 
     assert set(results) >= {"dev", "test", "model", "epochs", "train_seconds"}
     reloaded = SentenceTransformer(str(out / "final"), device="cpu")
     assert reloaded.encode("a sentence").shape == (384,)
+
+
+def write_small_stsb(folder: Path) -> Path:
+    """A hand-written STSb folder of 12 pairs per split, in the authors' layout."""
+    words = ["a man is playing guitar", "the dog runs fast", "a woman eats food",
+             "the cat is slow", "big red car", "music is playing"]
+    folder.mkdir()
+    lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{(i % 6) * 0.9:.1f}\t{words[i % 6]}\t"
+             f"{words[(i * 5) % 6]}\n" for i in range(12)]
+    for split in ("train", "dev", "test"):
+        (folder / f"sts-{split}.csv").write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet"])
+def test_train_continue_runs_on_each_family_and_saves_a_model_that_loads_back(family, tmp_path,
+                                                                              monkeypatch):
+    fixture = ROOT / "tests" / "fixtures" / family
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [
+        "train_continue.py", "--model", str(fixture), "--data", str(write_small_stsb(tmp_path / "s")),
+        "--max-steps", "20", "--batch-size", "4", "--epochs", "10", "--lr", "1e-3",
+        "--output", str(out), "--device", "cpu"])
+    script = runpy.run_path(str(ROOT / "train_continue.py"), run_name="__main__")
+    trained = script["model"]  # the script's model after its 20 steps
+    assert json.loads((out / "results.json").read_text())["steps"] == 20
+    assert json.loads((out / "final" / "config.json").read_text())["model_type"] == family
+    texts = ["a man is playing guitar", "the cat"]
+    original = SentenceTransformer(str(fixture), device="cpu")
+    assert not np.allclose(trained.encode(texts), original.encode(texts))  # it did train
+    reloaded = SentenceTransformer(str(out / "final"), device="cpu")
+    assert np.array_equal(reloaded.encode(texts), trained.encode(texts))
