@@ -246,7 +246,12 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     # 2. Optimizer over the parameters of every loss (its model's and any head's), schedule, precision.
     device = model.device
     loss_modules = [loss.to(device) for _, loss in train_objectives]
-    optimizer = optimizer_class(param_groups(loss_modules, weight_decay), **(optimizer_params or {"lr": 2e-5}))
+    options = dict(optimizer_params or {"lr": 2e-5})
+    if optimizer_class is torch.optim.AdamW and device.type in ("cpu", "cuda"):
+        # One fused kernel for the whole update instead of a loop over tensors: the same math,
+        # measured 1.17x more training steps/s in fp32 and 1.29x with AMP on CPU (benchmarks/).
+        options.setdefault("fused", True)
+    optimizer = optimizer_class(param_groups(loss_modules, weight_decay), **options)
     scheduler = linear_warmup_decay(optimizer, warmup_steps, total_steps)
     precision = mixed_precision(device, use_amp)
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -286,3 +286,19 @@ def test_non_finite_steps_in_a_row_stop_training_and_keep_the_best_model_from_be
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     table = (tmp_path / "best" / "metrics.csv").read_text().splitlines()
     assert [line.rsplit(",", 1)[1] for line in table[1:]] == ["0", "0", "0", "1", "2"]
+
+
+@pytest.mark.parametrize("given, used", [({"lr": 1e-3}, True), ({"lr": 1e-3, "fused": False}, False)])
+def test_adamw_runs_fused_unless_told_otherwise(monkeypatch, given, used):
+    seen = []
+    original = torch.optim.AdamW.__init__
+
+    def spy(self, params, **kwargs):
+        seen.append(kwargs)
+        original(self, params, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
+    model = FakeSentenceTransformer()
+    fit(model, [(DataLoader(toy_pairs(8), batch_size=4), losses.CosineSimilarityLoss(model))],
+        optimizer_params=given, show_progress_bar=False)
+    assert seen == [{**given, "fused": used}]
