@@ -1,14 +1,17 @@
 """Four families, one encoder: BERT, RoBERTa, DistilBERT and MPNet against Hugging Face's own code.
 
-tests/fixtures/<family>/ is a tiny random-weight model that transformers' classes saved, wrapped as
+tests/fixtures/<family>/ is a tiny random-weight model saved by transformers' classes, wrapped as
 a sentence-transformers folder; its expected.json is what transformers made of a padded batch of
-four sentences (made by tests/fixtures/make_fixtures.py, a dev-only tool). These tests need neither
-transformers nor the network.
+four sentences (made by tests/fixtures/make_fixtures.py, a dev-only tool). Git keeps no weight
+file: the weights follow from their names (tests/fixtures/weights.py), and model.safetensors is
+written into a temporary copy of each folder. These tests need neither transformers nor the network.
 """
 
+import atexit
 import json
 import math
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,14 @@ from minisbert.encoder import (
 from minisbert.models import Transformer
 from minisbert.tokenizer import Tokenizer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from fixtures.weights import materialize
+
 FAMILIES = ["bert", "roberta", "distilbert", "mpnet"]
+# Complete fixture folders, model.safetensors included, in a temporary folder for this run.
+FIXTURES = Path(tempfile.mkdtemp(prefix="minisbert-fixtures-"))
+atexit.register(shutil.rmtree, FIXTURES, ignore_errors=True)
+for _family in FAMILIES:
+    materialize(_family, FIXTURES / _family)
 # What each family's folder holds besides tokenizer.json, and the names its config.json uses.
 VOCAB_FILES = {"bert": ["vocab.txt"], "roberta": ["vocab.json", "merges.txt"],
                "distilbert": ["vocab.txt"], "mpnet": ["vocab.txt"]}

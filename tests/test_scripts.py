@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from minisbert import InputExample, SentencesDataset, SentenceTransformer, losses
 from minisbert.data import collate, load_stsb
 from minisbert.recipe import train_on_stsb
+from fixtures.weights import materialize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +96,7 @@ def write_small_stsb(folder: Path) -> Path:
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet"])
 def test_train_continue_runs_on_each_family_and_saves_a_model_that_loads_back(family, tmp_path,
                                                                               monkeypatch):
-    fixture = ROOT / "tests" / "fixtures" / family
+    fixture = materialize(family, tmp_path / family)  # the fixture with its weights written
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", [
         "train_continue.py", "--model", str(fixture), "--data", str(write_small_stsb(tmp_path / "s")),
