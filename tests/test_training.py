@@ -14,7 +14,7 @@ from minisbert import losses
 from minisbert.data import InputExample, SentencesDataset, collate
 from minisbert.evaluation import EmbeddingSimilarityEvaluator
 from minisbert.precision import mixed_precision
-from minisbert.training import fit, linear_warmup_decay, param_groups
+from minisbert.training import SparseEmbeddingGradients, fit, linear_warmup_decay, param_groups
 from fake_model import FakeSentenceTransformer
 
 ANIMALS = "cat dog cow horse sheep goat hen duck".split()
@@ -302,3 +302,36 @@ def test_adamw_runs_fused_unless_told_otherwise(monkeypatch, given, used):
     fit(model, [(DataLoader(toy_pairs(8), batch_size=4), losses.CosineSimilarityLoss(model))],
         optimizer_params=given, show_progress_bar=False)
     assert seen == [{**given, "fused": used}]
+
+
+def test_sparse_embedding_gradients_equal_the_dense_ones_in_one_reused_buffer(tiny_model):
+    loss = losses.CosineSimilarityLoss(tiny_model).eval()  # no dropout: both passes alike
+    word = tiny_model[0].encoder.embeddings.word
+    batches = [collate(toy_pairs(4, seed=seed), tiny_model) for seed in (0, 1)]
+
+    def gradients(features, labels) -> dict:
+        tiny_model.zero_grad(set_to_none=True)
+        loss(features, labels).backward()
+        return {name: p.grad.clone() for name, p in tiny_model.named_parameters() if p.grad is not None}
+
+    dense = [gradients(*batch) for batch in batches]
+    buffers = []
+    with SparseEmbeddingGradients([loss, loss]) as embedding_gradients:  # one model, twice
+        for batch, expected in zip(batches, dense):
+            tiny_model.zero_grad(set_to_none=True)
+            loss(*batch).backward()
+            assert word.weight.grad.is_sparse
+            embedding_gradients.densify()
+            got = {name: p.grad for name, p in tiny_model.named_parameters() if p.grad is not None}
+            assert got.keys() == expected.keys()
+            for name in expected:
+                torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6)
+            buffers.append(word.weight.grad.data_ptr())
+    assert buffers[0] == buffers[1]  # the second step wrote into the first step's buffer
+    assert not any(m.sparse for m in tiny_model.modules() if isinstance(m, nn.Embedding))
+
+
+def test_fit_leaves_the_embedding_tables_dense(tiny_model):
+    fit(tiny_model, [(DataLoader(toy_pairs(8), batch_size=4), losses.CosineSimilarityLoss(tiny_model))],
+        show_progress_bar=False)
+    assert not any(m.sparse for m in tiny_model.modules() if isinstance(m, nn.Embedding))
