@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minisbert.encoder import BertConfig, BertModel, reference_attention
+from minisbert.encoder import BertConfig, BertModel, RealTokens, reference_attention
 
 
 def test_reference_attention_matches_scaled_dot_product_attention_with_padding():
@@ -37,6 +37,49 @@ def test_padding_does_not_change_the_real_tokens():
     mask = torch.tensor([[1] * 5 + [0] * 4])
     padded = model(padded_ids, mask)
     torch.testing.assert_close(padded[:, :5], alone, atol=1e-6, rtol=1e-5)
+
+
+def padded_batch(sentences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(map(len, sentences))
+    ids = torch.tensor([s + [0] * (T - len(s)) for s in sentences])
+    return ids, torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in sentences])
+
+
+# Much padding (15 of 21 positions real): packed to the real tokens. Little padding (39 of 40):
+# every position computed. Both must give each sentence what it gets alone.
+MUCH_PADDING = [[2, 10, 11, 12, 3], [2, 13, 3], [2, 14, 15, 16, 17, 18, 3]]
+LITTLE_PADDING = [[2] + [10 + i] * 8 + [3] for i in range(3)] + [[2] + [20] * 7 + [3]]
+
+
+@pytest.mark.parametrize("sentences, packed", [(MUCH_PADDING, True), (LITTLE_PADDING, False)])
+def test_a_padded_batch_gives_each_sentence_the_vectors_it_gets_alone(sentences, packed):
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.tiny()).eval()
+    ids, mask = padded_batch(sentences)
+    assert (RealTokens(mask).index is not None) == packed
+    out = model(ids, mask)
+    for row, sentence in zip(out, sentences):
+        alone = model(*padded_batch([sentence]))[0]
+        torch.testing.assert_close(row[: len(sentence)], alone, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sentences", [MUCH_PADDING, LITTLE_PADDING])
+def test_gradients_of_a_padded_batch_are_the_sum_of_each_sentence_alone(sentences):
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.tiny()).eval()
+    target = torch.randn(model.config.hidden_size)
+
+    def gradients(batches) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        for ids, mask in batches:  # the loss only sees real tokens, like every pooling
+            (model(ids, mask)[mask.bool()] @ target).sum().backward()
+        return [p.grad for p in model.parameters() if p.grad is not None]
+
+    together = gradients([padded_batch(sentences)])
+    alone = gradients([padded_batch([s]) for s in sentences])
+    assert len(together) == len(alone) > 0
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_parameter_count_matches_the_bert_formula():
