@@ -45,8 +45,6 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--epoch", action="store_true",
                    help="also train one epoch in fp32 and bf16 AMP and compare STSb test Spearman")
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="also time minisbert with optimizer_params fused=True")
     p.add_argument("--quick", action="store_true", help="10 steps, 2 repetitions")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--memory-probe", nargs=2, metavar=("LIBRARY", "AMP"), help=argparse.SUPPRESS)
@@ -81,9 +79,9 @@ def st_api() -> str:
 class Run:
     """One configuration: a loaded model, its data and loss; calling it trains N steps."""
 
-    def __init__(self, library: str, amp: bool, args, data, optimizer_options=None):
+    def __init__(self, library: str, amp: bool, args, data):
         self.library, self.amp, self.args, self.data = library, amp, args, data
-        self.prepared, self.optimizer_params = None, {"lr": 2e-5, **(optimizer_options or {})}
+        self.prepared, self.optimizer_params = None, {"lr": 2e-5}
         generator = torch.Generator().manual_seed(0)
         if library == "minisbert":
             self.model = SentenceTransformer(str(args.model), device=args.device)
@@ -162,13 +160,8 @@ def memory_probe(args) -> None:
 
 def compare(args, libraries) -> list[dict]:
     data = pairs(args)
-    variants = [(lib, amp, None) for amp in (False, True) for lib in libraries]
-    if args.fused_adamw:  # what minisbert's fit would gain from torch's fused AdamW kernel
-        variants += [("minisbert", amp, {"fused": True}) for amp in (False, True)]
-    runs = {}
-    for lib, amp, options in variants:
-        name = f"{lib} {'amp' if amp else 'fp32'}" + (" fused-AdamW" if options else "")
-        runs[name] = Run(lib, amp, args, data, options)
+    runs = {f"{lib} {'amp' if amp else 'fp32'}": Run(lib, amp, args, data)
+            for amp in (False, True) for lib in libraries}
     for run in runs.values():
         run(steps=3)  # warm-up: oneDNN kernels, optimizer code paths
     print(f"{args.steps} steps of batch {args.batch_size}: {', '.join(runs)}", file=sys.stderr)
@@ -219,8 +212,6 @@ def main(argv=None) -> dict:
     rows = compare(args, libraries)
     if not args.no_memory:
         for row in rows:
-            if row["optimizer"].get("fused"):
-                continue
             probe = ["--memory-probe", row["library"], "amp" if row["amp"] else "fp32",
                      "--model", str(args.model), "--stsb", str(args.stsb), "--device", args.device,
                      "--steps", str(args.steps), "--batch-size", str(args.batch_size),

@@ -310,8 +310,8 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
              "scaler": precision.scaler, "progress": progress, "nonfinite": nonfinite, "data": batches}
     step = resume_run(resume_from_checkpoint, checkpoint_path, run, parts) if resume_from_checkpoint else 0
 
-    with tqdm(total=total_steps, initial=step, desc="Training", disable=not (show_progress_bar and main)) as bar, \
-            SparseEmbeddingGradients(loss_modules) as embedding_gradients:
+    bar = tqdm(total=total_steps, initial=step, desc="Training", disable=not (show_progress_bar and main))
+    with bar, SparseEmbeddingGradients(loss_modules) as embedding_gradients:
         while step < total_steps:
             epoch, epoch_step = divmod(step, steps_per_epoch)
             epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
