@@ -226,13 +226,13 @@ class RealTokens:
     regroups them into padded sentences (B, T, ...) and the mask keeps the padding out.
     The regrouping copies attention's inputs and output in every layer, which costs more than it
     saves when there is little padding (encode's length-sorted batches): below 10% padding, all
-    B * T positions are computed instead and those at the padding are left meaningless.
+    B * T positions are computed instead ("unpacked": N = B * T, pack and pad are reshapes).
     """
 
     def __init__(self, attention_mask: torch.Tensor):
         self.B, self.T = attention_mask.shape
         index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions in B * T
-        self.index = index if len(index) < 0.9 * self.B * self.T else None  # None: all positions
+        self.index = index if len(index) <= 0.9 * self.B * self.T else None  # None: unpacked
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -240,7 +240,7 @@ class RealTokens:
         return x if self.index is None else x[self.index]
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, ...) -> (B, T, ...), zeros at the padding (when packed)."""
+        """(N, ...) -> (B, T, ...); packed, zeros at the padding."""
         if self.index is not None:
             x = x.new_zeros(self.B * self.T, *x.shape[1:]).index_copy(0, self.index, x)
         return x.view(self.B, self.T, *x.shape[1:])
@@ -256,8 +256,8 @@ class SelfAttention(nn.Module):
         self.dropout = config.attention_probs_dropout_prob
 
     def forward(self, x, mask, tokens: RealTokens):
-        """x: (N, C) real tokens; mask: (B, 1, 1, T) bool, or (B, nh, T, T) float to add to the
-        scores (-inf: padding)."""
+        """x: (N, C), the tokens `tokens` lists; mask: (B, 1, 1, T) bool, or (B, nh, T, T) float
+        to add to the scores (-inf: padding)."""
         N, C = x.shape
         B, T, nh, hs = tokens.B, tokens.T, self.nh, C // self.nh
 
@@ -315,7 +315,7 @@ class Embeddings(nn.Module):
         self.pad_token_id = config.pad_token_id
 
     def forward(self, input_ids, attention_mask, tokens: RealTokens, token_type_ids=None):
-        """(B, T) ids -> (N, C), the real tokens only."""
+        """(B, T) ids -> (N, C), the tokens `tokens` lists."""
         ids = tokens.pack(input_ids)
         positions = tokens.pack(self.position_ids(attention_mask, self.pad_token_id))
         x = self.word(ids) + self.position(positions)
@@ -327,8 +327,8 @@ class Embeddings(nn.Module):
 
 
 class BertModel(nn.Module):
-    """input_ids (B, T), attention_mask (B, T) with 1 = real token, 0 = padding -> (B, T, C);
-    the vectors at the padding mean nothing (poolings ignore them)."""
+    """input_ids (B, T), attention_mask (B, T) with 1 = real token, 0 = padding -> (B, T, C),
+    zeros at the padding."""
 
     def __init__(self, config: BertConfig, add_pooler: bool | None = None):
         super().__init__()
@@ -373,4 +373,6 @@ class BertModel(nn.Module):
         x = self.embeddings(input_ids, attention_mask, tokens, token_type_ids)  # (N, C)
         for layer in self.layers:
             x = layer(x, mask, tokens)
-        return tokens.pad(x)  # (B, T, C)
+        # Zeros at the padding whether or not the batch was packed, so that no output depends on
+        # the rest of the batch (not even a row with no real token).
+        return tokens.pad(x).masked_fill(~attention_mask.bool()[..., None], 0.0)  # (B, T, C)

@@ -112,16 +112,19 @@ class SparseEmbeddingGradients:
     table (47 MB for all-MiniLM-L6-v2) for every lookup, here two per step, one per sentence
     column; on CPU that was 15% of a training step, mostly the page faults of memory fresh from
     the OS. With `sparse=True` the backward yields only the rows looked up; `densify()` adds them
-    into the buffer. The optimizer sees the same gradient as before (AdamW needs it dense: its
-    moments move every row that was ever looked up). Not under torchrun, where DDP averages the
-    gradients itself; there the tables keep their dense backward.
+    into the buffer. The optimizer sees the same gradient as before, up to the order of the
+    additions (AdamW needs it dense: its moments move every row that was ever looked up). Tables
+    already `sparse=True` get the same treatment; on exit each table's gradient is dense and its
+    flag as it was. Only on CPU and CUDA, and not under torchrun, where DDP averages the gradients
+    itself: there the tables keep their dense backward.
     """
 
-    def __init__(self, modules: list[nn.Module]):
-        tables = {} if distributed.world_size() > 1 else {
-            id(m): m for module in modules for m in module.modules()
-            if isinstance(m, nn.Embedding) and m.weight.requires_grad and not m.sparse}
+    def __init__(self, modules: list[nn.Module], device: torch.device):
+        on = device.type in ("cpu", "cuda") and distributed.world_size() == 1
+        tables = {id(m): m for module in modules for m in module.modules()
+                  if on and isinstance(m, nn.Embedding) and m.weight.requires_grad}
         self.tables, self.buffers = list(tables.values()), {}
+        self.was_sparse = [table.sparse for table in self.tables]
 
     def __enter__(self):
         for table in self.tables:
@@ -129,8 +132,9 @@ class SparseEmbeddingGradients:
         return self
 
     def __exit__(self, *exc_info):
-        for table in self.tables:
-            table.sparse = False
+        self.densify()  # even after an exception: no sparse gradient is left behind
+        for table, was_sparse in zip(self.tables, self.was_sparse):
+            table.sparse = was_sparse
 
     def densify(self) -> None:
         """Replace each table's sparse gradient by the same gradient, dense, in its buffer."""
@@ -311,7 +315,7 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     step = resume_run(resume_from_checkpoint, checkpoint_path, run, parts) if resume_from_checkpoint else 0
 
     bar = tqdm(total=total_steps, initial=step, desc="Training", disable=not (show_progress_bar and main))
-    with bar, SparseEmbeddingGradients(loss_modules) as embedding_gradients:
+    with bar, SparseEmbeddingGradients(loss_modules, device) as embedding_gradients:
         while step < total_steps:
             epoch, epoch_step = divmod(step, steps_per_epoch)
             epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)

@@ -61,6 +61,16 @@ def test_a_padded_batch_gives_each_sentence_the_vectors_it_gets_alone(sentences,
     for row, sentence in zip(out, sentences):
         alone = model(*padded_batch([sentence]))[0]
         torch.testing.assert_close(row[: len(sentence)], alone, atol=1e-6, rtol=1e-5)
+        assert not row[len(sentence):].any()  # zeros at the padding, packed or not
+
+
+@pytest.mark.parametrize("batch_size", [2, 12])  # packed, unpacked
+def test_a_row_without_real_tokens_gives_zeros_whatever_the_rest_of_the_batch(batch_size):
+    model = BertModel(BertConfig.tiny()).eval()
+    ids = torch.full((batch_size, 6), 5)
+    mask = torch.ones_like(ids)
+    mask[1] = 0
+    assert not model(ids, mask)[1].any()
 
 
 @pytest.mark.parametrize("sentences", [MUCH_PADDING, LITTLE_PADDING])

@@ -36,9 +36,13 @@ def one_thread():
 
 
 def tiny_pairs(n: int, seed: int = 0) -> list[InputExample]:
+    """Sentences of 1 to 8 words, so that batches have padding (and the encoder packs them)."""
     rng = random.Random(seed)
-    return [InputExample(texts=[" ".join(rng.sample(WORDS, 4)), " ".join(rng.sample(WORDS, 4))],
-                         label=rng.random()) for _ in range(n)]
+
+    def sentence() -> str:
+        return " ".join(rng.sample(WORDS, rng.randint(1, 8)))
+
+    return [InputExample(texts=[sentence(), sentence()], label=rng.random()) for _ in range(n)]
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -316,7 +316,7 @@ def test_sparse_embedding_gradients_equal_the_dense_ones_in_one_reused_buffer(ti
 
     dense = [gradients(*batch) for batch in batches]
     buffers = []
-    with SparseEmbeddingGradients([loss, loss]) as embedding_gradients:  # one model, twice
+    with SparseEmbeddingGradients([loss, loss], tiny_model.device) as embedding_gradients:  # one model, twice
         for batch, expected in zip(batches, dense):
             tiny_model.zero_grad(set_to_none=True)
             loss(*batch).backward()
@@ -331,7 +331,29 @@ def test_sparse_embedding_gradients_equal_the_dense_ones_in_one_reused_buffer(ti
     assert not any(m.sparse for m in tiny_model.modules() if isinstance(m, nn.Embedding))
 
 
-def test_fit_leaves_the_embedding_tables_dense(tiny_model):
-    fit(tiny_model, [(DataLoader(toy_pairs(8), batch_size=4), losses.CosineSimilarityLoss(tiny_model))],
-        show_progress_bar=False)
-    assert not any(m.sparse for m in tiny_model.modules() if isinstance(m, nn.Embedding))
+class FailAt(nn.Module):
+    """A loss that raises at its `at`-th call (the objective before it has backpropagated)."""
+
+    def __init__(self, loss: nn.Module, at: int):
+        super().__init__()
+        self.loss, self.at, self.calls = loss, at, 0
+
+    def forward(self, features, labels):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.loss(features, labels)
+
+
+@pytest.mark.parametrize("user_sparse", [False, True])
+def test_fit_leaves_the_embedding_tables_as_they_were_with_dense_gradients(tiny_model, user_sparse):
+    tables = [m for m in tiny_model.modules() if isinstance(m, nn.Embedding)]
+    tables[0].sparse = user_sparse  # a table the user made sparse trains too
+    loss = losses.CosineSimilarityLoss(tiny_model)
+    objectives = [(DataLoader(toy_pairs(8), batch_size=4), loss),
+                  (DataLoader(toy_pairs(8, seed=1), batch_size=4), FailAt(loss, at=2))]
+    with pytest.raises(KeyboardInterrupt):  # stopped in step 2, between two backward passes
+        fit(tiny_model, objectives, show_progress_bar=False)
+    assert [m.sparse for m in tables] == [user_sparse] + [False] * (len(tables) - 1)
+    assert all(not p.grad.is_sparse for p in tiny_model.parameters() if p.grad is not None)
+    nn.utils.clip_grad_norm_(tiny_model.parameters(), 1.0)  # works on what fit left behind
