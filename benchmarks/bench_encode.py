@@ -28,7 +28,7 @@ import common
 import torch
 
 from minisbert import SentenceTransformer
-from minisbert.encoder import BertConfig
+from minisbert.config import BertConfig
 from minisbert.precision import resolve_dtype
 
 ST_NAME = "sentence-transformers"

@@ -18,7 +18,8 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import torch
 
 from minisbert import SentenceTransformer
-from minisbert.encoder import BertConfig, BertModel
+from minisbert.config import BertConfig
+from minisbert.encoder import BertModel
 from minisbert.models import Normalize, Pooling, Transformer
 from minisbert.tokenizer import Tokenizer
 

@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint
-from .encoder import BertConfig, BertModel
+from .config import BertConfig
+from .encoder import BertModel
 from .hub import resolve
 from .tokenizer import Tokenizer
 

@@ -58,7 +58,8 @@ def write_tiny_model_folder(folder: Path, seed: int = 0) -> Path:
     """A random-weight Hugging Face BERT folder (2 layers, hidden 32): config.json, vocab.txt,
     tokenizer_config.json and model.safetensors with Hugging Face weight names."""
     from minisbert import checkpoint
-    from minisbert.encoder import BertConfig, BertModel
+    from minisbert.config import BertConfig
+    from minisbert.encoder import BertModel
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

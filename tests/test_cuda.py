@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from minisbert import InputExample, SentenceTransformer, SentencesDataset, losses
-from minisbert.encoder import BertConfig, BertModel
+from minisbert.config import BertConfig
+from minisbert.encoder import BertModel
 from minisbert.models import Normalize, Pooling, Transformer
 from minisbert.precision import mixed_precision, supports_bf16, to_device
 from minisbert.tokenizer import Tokenizer

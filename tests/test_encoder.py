@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minisbert.encoder import BertConfig, BertModel, RealTokens, reference_attention
+from minisbert.config import BertConfig
+from minisbert.encoder import BertModel, RealTokens, reference_attention
 
 
 def test_reference_attention_matches_scaled_dot_product_attention_with_padding():

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from minisbert import SentenceTransformer, checkpoint
+from minisbert.config import BertConfig
 from minisbert.encoder import (
-    BertConfig, BertModel, offset_position_ids, reference_attention, relative_position_bucket,
+    BertModel, offset_position_ids, reference_attention, relative_position_bucket,
     sinusoidal_table,
 )
 from minisbert.models import Transformer
