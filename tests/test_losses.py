@@ -17,7 +17,8 @@ from minisbert.data import InputExample, collate
 from minisbert.losses import (AnglELoss, CoSENTLoss, CosineSimilarityLoss, MultipleNegativesRankingLoss,
                               SoftmaxLoss, angle_difference, angle_loss, cosent_loss,
                               cosine_similarity_loss, multiple_negatives_ranking_loss, softmax_loss)
-from minisbert.training import fit, param_groups
+from minisbert.optimization import param_groups
+from minisbert.training import fit
 from fake_model import FakeSentenceTransformer
 
 

@@ -14,7 +14,8 @@ from minisbert import losses
 from minisbert.data import InputExample, SentencesDataset, collate
 from minisbert.evaluation import EmbeddingSimilarityEvaluator
 from minisbert.precision import mixed_precision
-from minisbert.training import SparseEmbeddingGradients, fit, linear_warmup_decay, param_groups
+from minisbert.optimization import SparseEmbeddingGradients, linear_warmup_decay, param_groups
+from minisbert.training import fit
 from fake_model import FakeSentenceTransformer
 
 ANIMALS = "cat dog cow horse sheep goat hen duck".split()
