@@ -120,7 +120,8 @@ def _read_single_tsv(path: Path, split: str) -> list[InputExample]:
     _, header = next(rows)
     missing = [name for name in ("split", "score", "sentence1", "sentence2") if name not in header]
     if missing:
-        raise ValueError(f"{path}, line 1: header lacks column(s) {missing}")
+        raise ValueError(f"{path}, line 1: header lacks column(s) {missing} (for the authors' "
+                         "sts-train.csv, sts-dev.csv and sts-test.csv, give their folder)")
     index = {name: header.index(name) for name in ("split", "score", "sentence1", "sentence2")}
     examples = []
     for lineno, cols in rows:
@@ -143,6 +144,9 @@ def read_sts(path: str | os.PathLike, split: str) -> list[InputExample]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such STSb folder or file (give the folder holding "
+                                "sts-train.csv, sts-dev.csv and sts-test.csv, or stsbenchmark.tsv.gz)")
     if path.is_dir():
         return _read_original(path / f"sts-{split}.csv")
     return _read_single_tsv(path, split)

@@ -31,22 +31,32 @@ from .sentence_transformer import SentenceTransformer
 LOSSES = {"cosine": CosineSimilarityLoss, "cosent": CoSENTLoss, "angle": AnglELoss}
 
 
+def at_least(minimum: int):
+    """An argparse type: an int >= minimum, else a usage error that names the option."""
+    def count(text: str) -> int:
+        value = int(text)  # not a number: argparse reports "invalid count value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return count
+
+
 def parser(description: str, default_model: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=default_model, help="local folder or hub name")
     p.add_argument("--data", default=None,
                    help="STSb folder (sts-*.csv) or stsbenchmark.tsv.gz; default: download once")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=at_least(1), default=4)
+    p.add_argument("--batch-size", type=at_least(1), default=16)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for warmup")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--evaluation-steps", type=int, default=0,
+    p.add_argument("--max-steps", type=at_least(1), default=None, help="stop after this many steps")
+    p.add_argument("--evaluation-steps", type=at_least(0), default=0,
                    help="also evaluate on dev every N steps (0: only at each epoch's end)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--output", default=None, help="default: output/<script>-<model>-<time>")
-    p.add_argument("--checkpoint-steps", type=int, default=0,
+    p.add_argument("--checkpoint-steps", type=at_least(0), default=0,
                    help="save a resumable checkpoint to <output>/checkpoints every N steps "
                         "(0: never); the newest two are kept")
     p.add_argument("--resume", default=None,

@@ -126,7 +126,7 @@ class SentenceTransformer(nn.Sequential):
                 modules = load_modules(folder)
             else:
                 transformer = Transformer(folder)
-                log.info("%s has no modules.json: using its transformer with mean pooling", folder)
+                log.warning("%s has no modules.json: using its transformer with mean pooling", folder)
                 modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
         if not modules or not isinstance(modules[0], Transformer) or len(modules) < 2 \
                 or not isinstance(modules[1], Pooling):

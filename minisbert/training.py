@@ -223,8 +223,15 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     nonfinite = _NonFinite(max_nonfinite_steps)
 
     # 3. What a checkpoint holds, and where a resumed run continues (step 0 for a new one).
+    # A resumed run must have the same settings: its optimizer state comes from the checkpoint,
+    # so a changed lr or loss would be silently ignored or mixed in. (The seed may differ: the
+    # random generators' states are restored too.)
     run = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-           "objectives": len(train_objectives), "amp": str(precision.dtype)}
+           "objectives": len(train_objectives), "amp": str(precision.dtype),
+           "losses": [type(loss).__name__ for loss in loss_modules],
+           "optimizer": optimizer_class.__name__, "lr": options.get("lr"),
+           "warmup_steps": warmup_steps, "weight_decay": weight_decay,
+           "max_grad_norm": max_grad_norm}
     parts = {"modules": nn.ModuleList(loss_modules), "optimizer": optimizer, "scheduler": scheduler,
              "scaler": precision.scaler, "progress": progress, "nonfinite": nonfinite, "data": batches}
     step = resume_run(resume_from_checkpoint, checkpoint_path, run, parts) if resume_from_checkpoint else 0

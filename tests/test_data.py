@@ -109,6 +109,15 @@ def test_gzipped_tsv_errors_name_file_and_line(tmp_path):
         read_sts(write_gz(tmp_path / "empty.tsv.gz", ""), "train")
 
 
+def test_a_missing_path_or_a_split_file_given_for_the_folder_says_what_to_give(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no such STSb folder or file"):
+        read_sts(tmp_path / "nowhere", "train")
+    one_split = tmp_path / "sts-train.csv"
+    one_split.write_text("main-captions\tMSRvid\t2012\t1\t5.000\tA man.\tA man.\n")
+    with pytest.raises(ValueError, match=r"sts-train\.csv, line 1: .*give their folder"):
+        read_sts(one_split, "train")
+
+
 def test_unknown_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
         read_sts(tmp_path, "validation")

@@ -33,6 +33,14 @@ def parse_tiny_run(tmp_path, *options: str):
                                            "--max-steps", "2", "--output", str(tmp_path / "run"), *options])
 
 
+@pytest.mark.parametrize("option, value", [("--max-steps", "0"), ("--epochs", "0"),
+                                           ("--batch-size", "-1"), ("--checkpoint-steps", "-2")])
+def test_counts_out_of_range_are_usage_errors_naming_the_option(option, value, capsys):
+    with pytest.raises(SystemExit):
+        parser("t", "m").parse_args([option, value])
+    assert f"argument {option}: must be at least" in capsys.readouterr().err
+
+
 def test_loss_option_names_the_three_pair_losses_and_defaults_to_the_papers():
     p = parser("t", default_model="m")
     assert p.parse_args([]).loss == "cosine" and p.parse_args([]).plot is False

@@ -231,7 +231,7 @@ class StopAt(nn.Module):
 
 
 def train_tiny(model_dir, out: Path, stop=None, resume_from=None, seed=0, two_objectives=False,
-               evaluator=None, epochs=2, **options):
+               evaluator=None, epochs=2, lr=1e-3, warmup_steps=2, **options):
     """2 epochs of 3 steps (batch 4) on the tiny BERT, whose dropout draws from torch's RNG, with
     a dev evaluation at each epoch end and checkpoints every 2 steps in out/checkpoints."""
     model = SentenceTransformer(str(model_dir), device="cpu")
@@ -243,8 +243,8 @@ def train_tiny(model_dir, out: Path, stop=None, resume_from=None, seed=0, two_ob
     evaluator = evaluator or EmbeddingSimilarityEvaluator.from_input_examples(
         tiny_pairs(8, seed=2), name="dev")
     options = {"checkpoint_save_steps": 2, **options}
-    rows = fit(model, objectives, evaluator=evaluator, epochs=epochs, warmup_steps=2,
-               optimizer_params={"lr": 1e-3}, output_path=out / "best",
+    rows = fit(model, objectives, evaluator=evaluator, epochs=epochs, warmup_steps=warmup_steps,
+               optimizer_params={"lr": lr}, output_path=out / "best",
                checkpoint_path=out / "checkpoints", resume_from_checkpoint=resume_from,
                show_progress_bar=False, seed=seed, **options)
     return model, rows
@@ -413,16 +413,31 @@ def test_a_hostile_or_broken_training_state_is_refused_naming_the_file(
     assert not (folder / "pwned").exists() and files_of(tmp_path) == before
 
 
-def test_resuming_with_other_settings_or_another_model_is_refused(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("change, message", [
+    ({}, r"total_steps=2.*6"),  # the same settings but without max_steps
+    ({"max_steps": 2, "lr": 2e-3}, r"lr=0.001.*0.002"),
+    ({"max_steps": 2, "warmup_steps": 0}, r"warmup_steps=2.*0"),
+])
+def test_resuming_with_other_settings_is_refused_naming_the_setting(tiny_model_dir, tmp_path,
+                                                                     change, message):
     train_tiny(tiny_model_dir, tmp_path, checkpoint_save_steps=2, max_steps=2)
     folder = tmp_path / "checkpoints" / "checkpoint-2"
-    with pytest.raises(ValueError, match=r"training_state.pt.*total_steps=2.*6"):
-        train_tiny(tiny_model_dir, tmp_path, resume_from=folder)
-    model = FakeSentenceTransformer()
-    loader = DataLoader(tiny_pairs(12), shuffle=True, batch_size=4)
+    with pytest.raises(ValueError, match=r"training_state.pt.*" + message):
+        train_tiny(tiny_model_dir, tmp_path, resume_from=folder, **change)
+
+
+def test_resuming_with_another_loss_or_another_model_is_refused(tiny_model_dir, tmp_path):
+    train_tiny(tiny_model_dir, tmp_path, checkpoint_save_steps=2, max_steps=2)
+    folder = tmp_path / "checkpoints" / "checkpoint-2"
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    loader = DataLoader(SentencesDataset(tiny_pairs(12)), shuffle=True, batch_size=4)
+    settings = dict(epochs=2, max_steps=2, warmup_steps=2, optimizer_params={"lr": 1e-3},
+                    resume_from_checkpoint=folder, show_progress_bar=False)
+    with pytest.raises(ValueError, match=r"losses=\['StopAt'\].*\['CoSENTLoss'\]"):
+        fit(model, [(loader, losses.CoSENTLoss(model))], **settings)
+    other = FakeSentenceTransformer()  # the same settings, another model
     with pytest.raises(ValueError, match=r"training_state.pt: the weights are another model's"):
-        fit(model, [(loader, losses.CosineSimilarityLoss(model))], epochs=2, max_steps=2,
-            resume_from_checkpoint=folder, show_progress_bar=False)
+        fit(other, [(loader, StopAt(losses.CosineSimilarityLoss(other)))], **settings)
 
 
 def test_resuming_from_nothing_names_the_folder(tmp_path):
