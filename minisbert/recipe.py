@@ -42,20 +42,22 @@ def at_least(minimum: int):
 
 
 def parser(description: str, default_model: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=default_model, help="local folder or hub name")
     p.add_argument("--data", default=None,
-                   help="STSb folder (sts-*.csv) or stsbenchmark.tsv.gz; default: download once")
-    p.add_argument("--epochs", type=at_least(1), default=4)
-    p.add_argument("--batch-size", type=at_least(1), default=16)
-    p.add_argument("--lr", type=float, default=2e-5)
+                   help="STSb folder (sts-*.csv) or stsbenchmark.tsv.gz; None: download once")
+    p.add_argument("--epochs", type=at_least(1), default=4, help="passes over STSb train")
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="sentence pairs per step")
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate of AdamW")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for warmup")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-steps", type=at_least(1), default=None, help="stop after this many steps")
+    p.add_argument("--seed", type=int, default=42, help="data order, dropout and new weights")
+    p.add_argument("--max-steps", type=at_least(1), default=None,
+                   help="stop after this many steps; None: after the epochs")
     p.add_argument("--evaluation-steps", type=at_least(0), default=0,
                    help="also evaluate on dev every N steps (0: only at each epoch's end)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    p.add_argument("--output", default=None, help="default: output/<script>-<model>-<time>")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; None: cuda if any")
+    p.add_argument("--output", default=None, help="None: output/<script>-<model>-<time>")
     p.add_argument("--checkpoint-steps", type=at_least(0), default=0,
                    help="save a resumable checkpoint to <output>/checkpoints every N steps "
                         "(0: never); the newest two are kept")
