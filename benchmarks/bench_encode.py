@@ -31,27 +31,14 @@ from minisbert import SentenceTransformer
 from minisbert.config import BertConfig
 from minisbert.precision import resolve_dtype
 
-ST_NAME = "sentence-transformers"
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=common.DEFAULT_MODEL)
-    p.add_argument("--stsb", type=Path, default=common.DEFAULT_STSB,
-                   help="STSb folder; if it does not exist, synthetic sentences are used")
-    p.add_argument("--device", default="cpu")
+    p = common.parser(__doc__, synthetic="sentences", probe="PRECISION")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--sizes", default="1000,4000,16000", help="sentence counts of the scaling runs")
     p.add_argument("--scaling-precisions", default="bf16")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--no-st", action="store_true", help="minisbert only")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--quick", action="store_true", help="1000 test sentences, 2 repetitions, "
                    "scaling 500/1000/2000")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--memory-probe", nargs=2, metavar=("LIBRARY", "PRECISION"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -149,7 +136,7 @@ def ratios(row: dict, rows: list[dict], key: str) -> dict:
     and by CPU time (None without sentence-transformers)."""
     out = {}
     for label, precision in (("same_precision", row["precision"]), ("fp32", "fp32")):
-        st = [r for r in rows if r["library"] == ST_NAME and r["precision"] == precision]
+        st = [r for r in rows if r["library"] == common.ST_NAME and r["precision"] == precision]
         for clock, k in (("", key), ("_cpu", key.replace("_per_s", "_per_cpu_s"))):
             out[f"vs_st_{label}{clock}"] = row[k] / st[0][k] if st else None
     return out
@@ -185,7 +172,7 @@ def main(argv=None) -> dict:
     precisions = args.precisions.split(",")
     libraries = ["minisbert"]
     if not args.no_st and common.have_sentence_transformers():
-        libraries.append(ST_NAME)
+        libraries.append(common.ST_NAME)
     sentences = stsb_test_sentences(args)
 
     peaks = {p: matmul_throughput(args.device, resolve_dtype(p)) for p in precisions}

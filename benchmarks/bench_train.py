@@ -14,7 +14,6 @@ minisbert in fp32 and in bf16 AMP and reports STSb test Spearman of both.
   PYTHONPATH=/path/to/datasets-and-accelerate /work/stenv/bin/python benchmarks/bench_train.py
 """
 
-import argparse
 import json
 import sys
 import tempfile
@@ -28,26 +27,13 @@ from torch.utils.data import DataLoader
 
 from minisbert import InputExample, SentenceTransformer, SentencesDataset, losses
 
-ST_NAME = "sentence-transformers"
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=common.DEFAULT_MODEL)
-    p.add_argument("--stsb", type=Path, default=common.DEFAULT_STSB,
-                   help="STSb folder; if it does not exist, synthetic pairs are used")
-    p.add_argument("--device", default="cpu")
+    p = common.parser(__doc__, synthetic="pairs", probe="AMP")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--no-st", action="store_true", help="minisbert only")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--epoch", action="store_true",
                    help="also train one epoch in fp32 and bf16 AMP and compare STSb test Spearman")
     p.add_argument("--quick", action="store_true", help="10 steps, 2 repetitions")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--memory-probe", nargs=2, metavar=("LIBRARY", "AMP"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.reps = 10, 2
@@ -174,8 +160,8 @@ def compare(args, libraries) -> list[dict]:
                      "steps": args.steps, "seconds": seconds[name],
                      "steps_per_s": args.steps / wall, "steps_per_cpu_s": args.steps / cpu})
     for row in rows:
-        st_fp32 = [r for r in rows if r["library"] == ST_NAME and not r["amp"]]
-        st_same = [r for r in rows if r["library"] == ST_NAME and r["amp"] == row["amp"]]
+        st_fp32 = [r for r in rows if r["library"] == common.ST_NAME and not r["amp"]]
+        st_same = [r for r in rows if r["library"] == common.ST_NAME and r["amp"] == row["amp"]]
         for label, ref in (("same", st_same), ("fp32", st_fp32)):
             for key in ("steps_per_s", "steps_per_cpu_s"):
                 row[f"vs_st_{label}_{key}"] = row[key] / ref[0][key] if ref else None
@@ -208,7 +194,7 @@ def main(argv=None) -> dict:
     threads = common.set_threads(args.threads)
     libraries = ["minisbert"]
     if not args.no_st and common.have_sentence_transformers():
-        libraries.append(ST_NAME)
+        libraries.append(common.ST_NAME)
     rows = compare(args, libraries)
     if not args.no_memory:
         for row in rows:
@@ -237,7 +223,7 @@ def print_tables(result: dict, args) -> None:
     rows = []
     for r in result["train"]:
         mem = r.get("memory", {})
-        row = [r["name"] + (f" ({r['api']})" if r["library"] == ST_NAME else ""), r["steps_per_s"],
+        row = [r["name"] + (f" ({r['api']})" if r["library"] == common.ST_NAME else ""), r["steps_per_s"],
                r["vs_st_same_steps_per_s"] or nan, r["vs_st_fp32_steps_per_s"] or nan,
                r["steps_per_cpu_s"], r["vs_st_same_steps_per_cpu_s"] or nan,
                r["vs_st_fp32_steps_per_cpu_s"] or nan, mem.get("peak_rss_mib", nan)]

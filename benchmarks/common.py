@@ -7,6 +7,7 @@ torch, oneDNN, the tokenizer and Python, which tracemalloc would miss), plus
 torch.cuda.max_memory_allocated on a GPU.
 """
 
+import argparse
 import json
 import math
 import os
@@ -26,6 +27,24 @@ import torch  # noqa: E402
 SHARED = ROOT.parent / "shared"
 DEFAULT_MODEL = SHARED / "models" / "all-MiniLM-L6-v2"
 DEFAULT_STSB = SHARED / "data" / "stsbenchmark"
+ST_NAME = "sentence-transformers"
+
+
+def parser(doc: str, synthetic: str, probe: str) -> argparse.ArgumentParser:
+    """The options both benchmarks take; each adds its own. `synthetic`: what stands in for STSb
+    when it is absent; `probe`: the second value of the hidden --memory-probe option."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--stsb", type=Path, default=DEFAULT_STSB,
+                   help=f"STSb folder; if it does not exist, synthetic {synthetic} are used")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-st", action="store_true", help="minisbert only")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--memory-probe", nargs=2, metavar=("LIBRARY", probe), help=argparse.SUPPRESS)
+    return p
 
 
 def have_sentence_transformers() -> bool:

@@ -84,3 +84,15 @@ def tiny_model_dir(tmp_path) -> Path:
 def tiny_model(tiny_model_dir):
     from minisbert import SentenceTransformer
     return SentenceTransformer(str(tiny_model_dir), device="cpu")
+
+
+def assert_config_error(tmp_path: Path, config: dict, change: dict, message: str) -> None:
+    """config.json = `config` with `change` (None: key removed) must fail naming the file."""
+    from minisbert.config import BertConfig
+    for key, value in change.items():
+        config.pop(key) if value is None else config.__setitem__(key, value)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message) as info:
+        BertConfig.from_json(path)
+    assert str(path) in str(info.value)

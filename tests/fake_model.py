@@ -71,3 +71,15 @@ class FixedEncoder:
     def encode(self, sentences, batch_size=32, show_progress_bar=False, convert_to_numpy=True):
         self.calls.append(list(sentences))
         return np.array([self.vectors[s] for s in sentences], dtype=np.float32)
+
+
+class ScriptedEvaluator:
+    """An evaluator whose primary score at each call is the next of `scores`."""
+
+    primary_metric = "spearman_cosine"
+
+    def __init__(self, scores):
+        self.scores = iter(scores)
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return {"spearman_cosine": next(self.scores)}

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from minisbert.config import BertConfig
 from minisbert.encoder import BertModel, RealTokens, reference_attention
 
+from conftest import assert_config_error
+
 
 def test_reference_attention_matches_scaled_dot_product_attention_with_padding():
     torch.manual_seed(0)
@@ -129,14 +131,7 @@ def test_config_from_json_keeps_known_keys_and_ignores_others(tmp_path):
     ({"hidden_act": "swish"}, "not supported"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, change, message):
-    d = BertConfig.tiny().to_dict()
-    for key, value in change.items():
-        d.pop(key) if value is None else d.__setitem__(key, value)
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(d))
-    with pytest.raises(ValueError, match=message) as info:
-        BertConfig.from_json(path)
-    assert str(path) in str(info.value)
+    assert_config_error(tmp_path, BertConfig.tiny().to_dict(), change, message)
 
 
 def test_config_that_is_not_json_is_a_clear_error(tmp_path):

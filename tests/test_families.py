@@ -28,6 +28,7 @@ from minisbert.encoder import (
 from minisbert.models import Transformer
 from minisbert.tokenizer import Tokenizer
 
+from conftest import assert_config_error
 from fixtures.weights import materialize
 
 FAMILIES = ["bert", "roberta", "distilbert", "mpnet"]
@@ -189,14 +190,8 @@ def test_unknown_model_type_is_an_error_naming_the_file_and_the_supported_ones(t
     ({"sinusoidal_pos_embds": "yes"}, "'sinusoidal_pos_embds' should be bool"),
 ])
 def test_distilbert_config_errors_name_the_file_and_its_own_key(tmp_path, change, message):
-    d = json.loads((FIXTURES / "distilbert" / "config.json").read_text())
-    for key, value in change.items():
-        d.pop(key) if value is None else d.__setitem__(key, value)
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(d))
-    with pytest.raises(ValueError, match=message) as info:
-        BertConfig.from_json(path)
-    assert str(path) in str(info.value)
+    config = json.loads((FIXTURES / "distilbert" / "config.json").read_text())
+    assert_config_error(tmp_path, config, change, message)
 
 
 def test_max_seq_length_leaves_room_for_the_position_offset():

@@ -20,7 +20,7 @@ from minisbert.evaluation import EmbeddingSimilarityEvaluator
 from minisbert.models import Pooling
 from minisbert.training import fit
 from conftest import TINY_VOCAB, write_tiny_model_folder
-from fake_model import FakeSentenceTransformer
+from fake_model import FakeSentenceTransformer, ScriptedEvaluator
 
 WORDS = TINY_VOCAB[9:22]  # the plain words of the tiny vocabulary
 
@@ -332,16 +332,6 @@ def test_latest_ignores_half_written_and_incomplete_checkpoints(tiny_model_dir, 
     (folder / ".checkpoint-6.tmp-x1y2").mkdir()  # what a kill during a save leaves behind
     (folder / "checkpoint-8").mkdir()  # no training_state.pt
     assert resume.find_checkpoint(True, folder) == folder / "checkpoint-4"
-
-
-class ScriptedEvaluator:
-    primary_metric = "spearman_cosine"
-
-    def __init__(self, scores):
-        self.scores = iter(scores)
-
-    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
-        return {"spearman_cosine": next(self.scores)}
 
 
 def fail_on_call(n: int, real, error=OSError("disk full")):

@@ -16,7 +16,7 @@ from minisbert.evaluation import EmbeddingSimilarityEvaluator
 from minisbert.precision import mixed_precision
 from minisbert.optimization import SparseEmbeddingGradients, linear_warmup_decay, param_groups
 from minisbert.training import fit
-from fake_model import FakeSentenceTransformer
+from fake_model import FakeSentenceTransformer, ScriptedEvaluator
 
 ANIMALS = "cat dog cow horse sheep goat hen duck".split()
 VEHICLES = "car bus train truck bike boat tram van".split()
@@ -133,16 +133,6 @@ class ScriptedLoss(nn.Module):
 
     def forward(self, features, labels):
         return self.w.sum() * 0 + next(self.values)
-
-
-class ScriptedEvaluator:
-    primary_metric = "spearman_cosine"
-
-    def __init__(self, scores):
-        self.scores = iter(scores)
-
-    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
-        return {"spearman_cosine": next(self.scores)}
 
 
 def test_metrics_rows_hold_the_mean_loss_since_the_last_row_and_the_lr():
