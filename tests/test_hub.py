@@ -193,7 +193,9 @@ def test_unreachable_hub_without_cache_says_what_to_do(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/b/c", "org/..", "a\\b", "org/na me", ""])
-def test_bad_repo_ids_are_refused_before_any_request(hub, name):
+def test_bad_repo_ids_are_refused_before_any_request(hub, name, tmp_path, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # so that no name is, by chance, a folder ("../x" is one in /work/x)
     with pytest.raises(ValueError, match="neither a local folder nor a hub repo id"):
         resolve(name)
     with pytest.raises(ValueError, match="invalid revision"):
