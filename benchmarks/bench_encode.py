@@ -21,7 +21,6 @@ processes take on a shared machine; on a GPU it uses wall time.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import common

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint
+from . import checkpoint, weights
 from .config import BertConfig
 from .encoder import BertModel
 from .hub import resolve
@@ -85,7 +85,7 @@ class Transformer(nn.Module):
             self.hf_config = read_json(folder / "config.json")
             config = BertConfig.from_dict(self.hf_config, str(folder / "config.json"))
             encoder = BertModel(config)
-            state, file = checkpoint.read_weights(folder)
+            state, file = weights.read_weights(folder)
             state = checkpoint.hf_to_ours(state, file, family=config.model_type)
             checkpoint.load_into(encoder, state, file)
             default = default_max_seq_length(folder, config.max_length)
@@ -125,7 +125,7 @@ class Transformer(nn.Module):
         config = self.encoder.config
         write_json(folder / "config.json", config.to_hf_dict(self.hf_config))
         state = checkpoint.ours_to_hf(self.encoder.state_dict(), family=config.model_type)
-        checkpoint.write_safetensors(folder / "model.safetensors", state, {"format": "pt"})
+        weights.write_safetensors(folder / "model.safetensors", state, {"format": "pt"})
         self.tokenizer.save(folder)
         write_json(folder / "sentence_bert_config.json",
                    {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case})

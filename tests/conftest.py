@@ -57,7 +57,7 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?", 
 def write_tiny_model_folder(folder: Path, seed: int = 0) -> Path:
     """A random-weight Hugging Face BERT folder (2 layers, hidden 32): config.json, vocab.txt,
     tokenizer_config.json and model.safetensors with Hugging Face weight names."""
-    from minisbert import checkpoint
+    from minisbert import checkpoint, weights
     from minisbert.config import BertConfig
     from minisbert.encoder import BertModel
 
@@ -70,8 +70,8 @@ def write_tiny_model_folder(folder: Path, seed: int = 0) -> Path:
     (folder / "vocab.txt").write_text("".join(t + "\n" for t in TINY_VOCAB))
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True,
                                                                "model_max_length": 64}))
-    checkpoint.write_safetensors(folder / "model.safetensors",
-                                 checkpoint.ours_to_hf(encoder.state_dict()))
+    weights.write_safetensors(folder / "model.safetensors",
+                              checkpoint.ours_to_hf(encoder.state_dict()))
     return folder
 
 

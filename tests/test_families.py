@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minisbert import SentenceTransformer, checkpoint
+from minisbert import SentenceTransformer, checkpoint, weights
 from minisbert.config import BertConfig
 from minisbert.encoder import (
     BertModel, offset_position_ids, reference_attention, relative_position_bucket,
@@ -122,8 +122,8 @@ def test_saved_config_json_is_the_original_in_the_family_keys(family, saved):
 
 
 def test_saved_weights_have_exactly_the_names_and_values_transformers_wrote(family, saved):
-    theirs = checkpoint.read_safetensors(FIXTURES / family / "model.safetensors")
-    ours = checkpoint.read_safetensors(saved / "model.safetensors")
+    theirs = weights.read_safetensors(FIXTURES / family / "model.safetensors")
+    ours = weights.read_safetensors(saved / "model.safetensors")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
@@ -154,8 +154,8 @@ def test_a_fresh_model_saves_its_family_config_keys(model_type, keys, absent, tm
     assert written["model_type"] == model_type
     assert all(k in written for k in keys) and not any(k in written for k in absent)
     assert BertConfig.from_json(tmp_path / "config.json") == config
-    state = checkpoint.read_safetensors(tmp_path / "model.safetensors")
-    assert state.keys() == checkpoint.read_safetensors(source / "model.safetensors").keys()
+    state = weights.read_safetensors(tmp_path / "model.safetensors")
+    assert state.keys() == weights.read_safetensors(source / "model.safetensors").keys()
 
 
 # --- loading: names, prefixes, config errors ---------------------------------------------------
@@ -165,7 +165,7 @@ def test_a_fresh_model_saves_its_family_config_keys(model_type, keys, absent, tm
     ("distilbert", "distilbert.", "vocab_projector.bias"), ("mpnet", "mpnet.", "lm_head.bias"),
 ])
 def test_task_checkpoints_with_a_prefix_and_a_head_load_the_same_weights(model_type, prefix, head):
-    state = checkpoint.read_safetensors(FIXTURES / model_type / "model.safetensors")
+    state = weights.read_safetensors(FIXTURES / model_type / "model.safetensors")
     plain = checkpoint.hf_to_ours(state, family=model_type)
     prefixed = {prefix + k: v for k, v in state.items()}
     prefixed[head] = torch.zeros(3)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from minisbert import InputExample, SentencesDataset, SentenceTransformer, losses
+from minisbert import SentenceTransformer, losses
 from minisbert.data import collate, load_stsb
 from minisbert.recipe import train_on_stsb
 from fixtures.weights import materialize
