@@ -38,7 +38,9 @@ def mean_sqrt_len_pooling(h, mask):
 
 def max_pooling(h, mask):
     """Per-dimension max over real tokens; padding is -inf so it can never win."""
-    return h.masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).max(dim=1).values
+    pad = ~mask.bool().unsqueeze(-1)  # (B, T, 1)
+    out = h.masked_fill(pad, float("-inf")).max(dim=1).values
+    return out.masked_fill(pad.all(dim=1), 0.0)  # a row without real tokens: zeros, as in mean
 
 
 def cls_pooling(h, mask):

@@ -29,6 +29,14 @@ def test_max_pooling_ignores_padding_even_when_all_real_values_are_negative():
     assert Pooling(1, "max")(h, torch.tensor([[1, 0]])).item() == -5.
 
 
+@pytest.mark.parametrize("mode", ["mean", "max", "mean_sqrt_len_tokens"])
+def test_a_row_without_real_tokens_pools_to_zeros_not_nan(mode):
+    # Tokenizers always add [CLS] and [SEP], but a hand-made mask may be all zeros; the result
+    # must stay finite through Normalize rather than turn into NaN.
+    out = Normalize()(Pooling(2, mode)(H, torch.tensor([[1, 1, 1], [0, 0, 0]])))
+    assert out[1].tolist() == [0., 0.] and out[0].isfinite().all()
+
+
 def test_unknown_pooling_mode_is_refused():
     with pytest.raises(ValueError, match="pooling_mode='sum'"):
         Pooling(2, "sum")
