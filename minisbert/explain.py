@@ -78,13 +78,9 @@ def explain(model, a: str, b: str) -> Explanation:
         if not isinstance(text, str):
             raise TypeError(f"explain: {name} is {type(text).__name__}, not str")
     check_explainable(model)
-    was_training = model.training
-    model.eval()  # no dropout: the vectors must be the ones encode() pools
-    try:
+    with model.inference():  # no dropout: the vectors must be the ones encode() pools
         tokens_a, h = token_vectors(model, a)  # (n, C)
         tokens_b, g = token_vectors(model, b)  # (m, C)
-    finally:
-        model.train(was_training)
     u, v = h.mean(0), g.mean(0)  # (C,): the mean-pooled sentence vectors
     norms = u.norm() * v.norm()
     contributions = (h @ g.T) / (len(h) * len(g) * norms)  # (n, C) @ (C, m) -> (n, m)

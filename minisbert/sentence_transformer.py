@@ -7,12 +7,14 @@ and their sub-folders) and implements encode(); fit() lives in training.py.
 Read next: losses.py (how u and v are trained), then training.py.
 """
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -52,7 +54,10 @@ def load_modules(folder: Path) -> list[nn.Module]:
         if kind not in MODULE_TYPES:
             raise ValueError(f"{file}: unknown module type {entry.get('type')!r}; minisbert "
                              f"knows {', '.join(MODULE_TYPES)}")
-        path = inside(folder, entry.get("path", ""), file)
+        if "path" not in entry:
+            raise ValueError(f"{file}: module {entry.get('idx', 0)} has no 'path' (the folder of "
+                             f"its files, \"\" for the model folder itself)")
+        path = inside(folder, entry["path"], file)
         if kind == "Transformer":
             modules.append(load_transformer(path))
         else:
@@ -64,6 +69,19 @@ def load_modules(folder: Path) -> list[nn.Module]:
                                  f"{modules[-1].word_embedding_dimension} is not the "
                                  f"transformer's hidden size {width}")
     return modules
+
+
+def check_layout(modules) -> None:
+    """A Transformer, then a Pooling as wide as its vectors, then only Normalize modules."""
+    modules = list(modules or [])
+    if len(modules) < 2 or not isinstance(modules[0], Transformer) or \
+            not isinstance(modules[1], Pooling) or \
+            not all(isinstance(m, Normalize) for m in modules[2:]):
+        raise ValueError(f"a SentenceTransformer is a Transformer, then a Pooling, then optional "
+                         f"Normalize modules; got {[type(m).__name__ for m in modules]}")
+    width, pooled = modules[0].get_word_embedding_dimension(), modules[1].word_embedding_dimension
+    if width != pooled:
+        raise ValueError(f"pooling is {pooled} wide but the transformer's vectors are {width}")
 
 
 def load_transformer(path: Path) -> Transformer:
@@ -81,6 +99,20 @@ def load_transformer(path: Path) -> Transformer:
         except ValueError as e:
             raise ValueError(f"{sbert}: {e}") from None
     return transformer
+
+
+def checked_sentences(sentences) -> list[str]:
+    """encode's input as a list of str: one str, or any iterable of them (list, tuple, array)."""
+    if isinstance(sentences, str):
+        return [sentences]
+    if isinstance(sentences, (bytes, dict)) or not hasattr(sentences, "__iter__"):
+        raise TypeError(f"encode: sentences must be a str or a list of str, "
+                        f"got {type(sentences).__name__}")
+    sentences = list(sentences)
+    for i, s in enumerate(sentences):
+        if not isinstance(s, str):
+            raise TypeError(f"encode: sentence {i} is {type(s).__name__}, not str")
+    return sentences
 
 
 def read_json_list(file: Path) -> list[dict]:
@@ -101,6 +133,8 @@ def replace_folder(tmp: Path, path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; a saved model is an ordinary folder
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a model folder; nothing was saved")
     if not path.exists():
         os.replace(tmp, path)
         return
@@ -127,16 +161,22 @@ class SentenceTransformer(nn.Sequential):
                 transformer = Transformer(folder)
                 log.warning("%s has no modules.json: using its transformer with mean pooling", folder)
                 modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
-        if not modules or not isinstance(modules[0], Transformer) or len(modules) < 2 \
-                or not isinstance(modules[1], Pooling):
-            raise ValueError("a SentenceTransformer is a Transformer, then a Pooling, then optional "
-                             "Normalize modules")
+        check_layout(modules)
         super().__init__(*modules)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.to(device)
+        self.eval()  # as loaded pretrained models are: no dropout until fit() trains
         self.precision = precision
         self._logged = set()  # the (dtype, device) pairs encode has announced
+        self._lock = threading.RLock()  # one encode at a time: it swaps weights and modes
+
+    def __getstate__(self):  # a lock cannot be pickled or deep-copied; each copy gets its own
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.RLock()
 
     @property
     def device(self) -> torch.device:
@@ -180,12 +220,12 @@ class SentenceTransformer(nn.Sequential):
                convert_to_tensor=False, normalize_embeddings=False, device=None, precision=None):
         """A str gives one vector (dim,); a list gives (N, dim) float32, in the input order.
         `precision` ("fp32", "bf16", "fp16"; None: the model's `precision`) is the number format
-        of the forward pass; the embeddings come back as float32 either way."""
+        of the forward pass; the embeddings come back as float32 either way. Calls from several
+        threads are safe and run one at a time."""
         single = isinstance(sentences, str)
-        sentences = [sentences] if single else list(sentences)
-        for i, s in enumerate(sentences):
-            if not isinstance(s, str):
-                raise TypeError(f"encode: sentence {i} is {type(s).__name__}, not str")
+        sentences = checked_sentences(sentences)
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"encode: batch_size={batch_size!r} must be a positive int")
         device = torch.device(device) if device is not None else self.device
         dtype = resolve_dtype(precision if precision is not None else self.precision)
         if (dtype, device) not in self._logged:
@@ -195,10 +235,9 @@ class SentenceTransformer(nn.Sequential):
             show_progress_bar = len(sentences) > 32 * batch_size
         n_batches = sum(math.ceil(min(TOKENIZE_CHUNK, len(sentences) - start) / batch_size)
                         for start in range(0, len(sentences), TOKENIZE_CHUNK))
-        was_training = self.training
-        self.eval()
         indices, chunks = [], []
-        try:
+        with self.inference():
+            self.to(device)  # as in sentence-transformers, encode(device=...) moves the model
             with weights_as(self, dtype, self._weight_cache), torch.inference_mode():
                 for index, features in tqdm(self._length_sorted_batches(sentences, batch_size, device),
                                             total=n_batches, desc="Batches",
@@ -206,8 +245,6 @@ class SentenceTransformer(nn.Sequential):
                     x = self(**features).float()
                     chunks.append(nn.functional.normalize(x, dim=-1) if normalize_embeddings else x)
                     indices.append(index)
-        finally:
-            self.train(was_training)
         dim = self.get_sentence_embedding_dimension()
         embeddings = torch.zeros(len(sentences), dim, device=device)
         if chunks:
@@ -216,7 +253,21 @@ class SentenceTransformer(nn.Sequential):
             embeddings = embeddings[0]
         if convert_to_tensor:
             return embeddings
-        return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
+        if convert_to_numpy:
+            return embeddings.cpu().numpy()
+        return embeddings if single else list(embeddings)
+
+    @contextlib.contextmanager
+    def inference(self):
+        """Hold the model for one inference call: no other thread's encode meanwhile, and eval
+        mode (no dropout), with the caller's mode restored afterwards."""
+        with self._lock:
+            was_training = self.training
+            self.eval()
+            try:
+                yield
+            finally:
+                self.train(was_training)
 
     def _length_sorted_batches(self, sentences: list[str], batch_size: int, device):
         """Yield (indices into `sentences`, features on `device`), longest sentences first.
@@ -257,6 +308,8 @@ class SentenceTransformer(nn.Sequential):
             replace_folder(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    save_pretrained = save  # the name Hugging Face libraries use
 
     def fit(self, *args, **kwargs):
         """Train with sentence-transformers' classic signature; see training.fit."""

@@ -51,6 +51,13 @@ def cosines(a, b) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def test_encode_with_device_cuda_moves_the_model_there(cpu_model):
+    model, texts = copy.deepcopy(cpu_model), sentences(10)
+    on_gpu = model.encode(texts, device="cuda", convert_to_tensor=True)
+    assert on_gpu.device.type == "cuda" and model.device.type == "cuda"
+    assert np.abs(on_gpu.cpu().numpy() - cpu_model.encode(texts)).max() < 1e-4
+
+
 def test_cuda_encode_matches_cpu_in_fp32(cpu_model, cuda_model):
     texts = sentences(100)
     on_cpu, on_gpu = cpu_model.encode(texts), cuda_model.encode(texts)

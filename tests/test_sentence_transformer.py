@@ -1,7 +1,9 @@
 """SentenceTransformer: parity with the reference implementation, encode's contract, save/load."""
 
+import copy
 import json
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -123,6 +125,64 @@ def test_encode_names_the_position_of_a_non_string(tiny_model):
         tiny_model.encode(["fine", None])
 
 
+@pytest.mark.parametrize("bad", [None, 3, b"bytes"])
+def test_encode_refuses_what_is_neither_a_str_nor_a_list_of_str(tiny_model, bad):
+    with pytest.raises(TypeError, match="sentences must be a str or a list of str"):
+        tiny_model.encode(bad)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_encode_refuses_a_batch_size_that_is_not_a_positive_int(tiny_model, batch_size):
+    with pytest.raises(ValueError, match=f"batch_size={batch_size!r}"):
+        tiny_model.encode(["the dog", "a cat"], batch_size=batch_size)
+
+
+def test_one_str_without_numpy_conversion_is_one_tensor(tiny_model):
+    out = tiny_model.encode("the dog", convert_to_numpy=False)
+    assert isinstance(out, torch.Tensor) and out.shape == (32,)
+    listed = tiny_model.encode(["the dog", "a cat"], convert_to_numpy=False)
+    assert [v.shape for v in listed] == [(32,), (32,)]
+    torch.testing.assert_close(listed[0], out)
+
+
+def test_a_loaded_model_is_in_eval_mode_so_a_direct_forward_has_no_dropout(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    assert model[0].encoder.config.hidden_dropout_prob > 0  # dropout would show if it ran
+    features = model.tokenize(["the dog is running"])
+    assert not model.training
+    torch.testing.assert_close(model(**features), model(**features), rtol=0, atol=0)
+
+
+def test_a_deep_copy_encodes_the_same_and_has_its_own_lock(tiny_model):
+    twin = copy.deepcopy(tiny_model)
+    assert twin._lock is not tiny_model._lock
+    assert np.array_equal(twin.encode(["the dog"]), tiny_model.encode(["the dog"]))
+
+
+def test_encode_from_several_threads_gives_each_its_own_answer(tiny_model):
+    # bf16 encode swaps in a bf16 copy of the weights for its forward pass; another thread must
+    # never see that copy, nor the eval mode encode sets, and the weights must end as they began.
+    texts = [f"the dog number {i} runs" + " fast" * (i % 7) for i in range(24)]
+    tiny_model.train()
+    expected = {p: tiny_model.encode(texts, batch_size=3, precision=p) for p in ("fp32", "bf16")}
+    got, errors = [], []
+
+    def work(precision):
+        try:
+            for _ in range(15):
+                got.append((precision, tiny_model.encode(texts, batch_size=3, precision=precision)))
+        except Exception as e:  # noqa: BLE001  (reported below, with the thread's precision)
+            errors.append(f"{precision}: {e!r}")
+    threads = [threading.Thread(target=work, args=(p,)) for p in ("bf16", "fp32", "bf16", "fp32")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert all(np.array_equal(out, expected[p]) for p, out in got) and len(got) == 60
+    assert {p.dtype for p in tiny_model.parameters()} == {torch.float32} and tiny_model.training
+
+
 def test_modules_json_with_an_unknown_type_is_refused(tiny_model, tmp_path):
     tiny_model.save(tmp_path / "m")
     modules = json.loads((tmp_path / "m" / "modules.json").read_text())
@@ -140,6 +200,23 @@ def test_modules_json_paths_may_not_leave_the_model_folder(tiny_model, tmp_path,
     (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ValueError, match="leaves the model folder"):
         SentenceTransformer(str(tmp_path / "m"))
+
+
+def test_a_modules_json_entry_without_a_path_is_refused_by_index(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    del modules[1]["path"]
+    (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match=r"modules\.json: module 1 has no 'path'"):
+        SentenceTransformer(str(tmp_path / "m"))
+
+
+def test_modules_out_of_order_are_refused_when_built_not_when_encoding(tiny_model):
+    transformer, pooling = tiny_model[0], tiny_model[1]
+    with pytest.raises(ValueError, match="then optional Normalize modules"):
+        SentenceTransformer(modules=[transformer, pooling, Normalize(), transformer])
+    with pytest.raises(ValueError, match="pooling is 16 wide but the transformer's vectors are 32"):
+        SentenceTransformer(modules=[transformer, Pooling(16)])
 
 
 def test_module_type_strings_of_other_versions_load(tiny_model, tmp_path):
@@ -164,6 +241,21 @@ def test_a_failed_save_leaves_the_previous_model_intact(tiny_model, tmp_path, mo
     after = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()}
     assert after == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders
+
+
+def test_saving_onto_a_file_is_refused_and_leaves_the_file(tiny_model, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="notes.txt"):
+        tiny_model.save(tmp_path / "out" / "notes.txt")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+def test_save_pretrained_is_save(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "m")
+    again = SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert np.array_equal(again.encode(["the dog"]), tiny_model.encode(["the dog"]))
 
 
 def test_a_saved_folder_gets_the_usual_permissions_not_a_temporary_folders(tiny_model, tmp_path):
