@@ -9,11 +9,11 @@ is trained as a siamese network with CosineSimilarityLoss (SBERT section 4.2).
 """
 
 from minisbert import SentenceTransformer, distributed, models
-from minisbert.recipe import parser, seed_everything, train_on_stsb
+from minisbert.recipe import at_least, parser, seed_everything, train_on_stsb
 
 p = parser(__doc__.splitlines()[0], default_model="bert-base-uncased")
 p.add_argument("--pooling", default="mean", choices=sorted(models.POOLING_FUNCTIONS))
-p.add_argument("--max-seq-length", type=int, default=None, help="None: the model's limit")
+p.add_argument("--max-seq-length", type=at_least(2), default=None, help="None: the model's limit")
 args = p.parse_args()
 rank, world_size, device = distributed.setup(args.device)  # under torchrun: one of world_size
 seed_everything(args.seed)

@@ -44,6 +44,9 @@ class BertConfig:
         missing = [fmt.key(k) for k in cls.REQUIRED if fmt.key(k) not in d]
         if missing:
             raise ValueError(f"{source}: missing required key(s) {', '.join(missing)}")
+        if d.get("position_embedding_type", "absolute") != "absolute":  # relative_key(_query)
+            raise ValueError(f"{source}: key 'position_embedding_type' "
+                             f"{d['position_embedding_type']!r} is not supported ('absolute' is)")
         kwargs = dict(fmt.defaults)
         kwargs.update({f.name: d[fmt.key(f.name)] for f in fields(cls)
                        if fmt.key(f.name) in d and f.name not in fmt.fixed})
@@ -111,6 +114,9 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"{source}: {key('hidden_size')} {self.hidden_size} is not divisible "
                              f"by {key('num_attention_heads')} {self.num_attention_heads}")
+        if self.pad_token_id >= self.vocab_size:
+            raise ValueError(f"{source}: key {key('pad_token_id')!r} {self.pad_token_id} is not a "
+                             f"row of the {self.vocab_size}-row word table")
         if self.hidden_act not in ("gelu", "relu"):
             raise ValueError(f"{source}: {key('hidden_act')} {self.hidden_act!r} is not supported")
 

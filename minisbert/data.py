@@ -159,5 +159,9 @@ def load_stsb(split: str, source: str | os.PathLike | None = None) -> list[Input
     from STSB_URL, or from the URL in the environment variable MINISBERT_STSB_URL.
     """
     if source is None:
-        source = hub.cached_url(os.environ.get("MINISBERT_STSB_URL") or STSB_URL)
+        try:
+            source = hub.cached_url(os.environ.get("MINISBERT_STSB_URL") or STSB_URL)
+        except hub.HubError as e:
+            raise hub.HubError(f"{e}; or read a local STSb: --data FOLDER in the scripts, "
+                               f"load_stsb(split, FOLDER) in Python") from e
     return read_sts(source, split)

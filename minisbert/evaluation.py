@@ -8,6 +8,8 @@ figure the SBERT paper reports for STS (section 4). Read next: data.py, where th
 
 import csv
 import logging
+import math
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -67,6 +69,9 @@ class EmbeddingSimilarityEvaluator:
             raise ValueError(f"got {len(sentences1)} first sentences, {len(sentences2)} second "
                              f"sentences and {len(scores)} scores; they must be equally many")
         self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
+        for i, s in enumerate(scores):  # one NaN would turn every correlation into NaN
+            if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s):
+                raise ValueError(f"gold score {i} is {s!r}; scores must be finite numbers")
         self.scores = [float(s) for s in scores]
         self.batch_size, self.name, self.show_progress_bar = batch_size, name, show_progress_bar
 

@@ -267,7 +267,9 @@ def resolve(name_or_path: str | os.PathLike, revision: str = "main",
     for candidate in repos:
         if _cached(_repo_folder(root, candidate, revision)):
             return _repo_folder(root, candidate, revision)
-    where = f"{repo!r} (revision {revision}) is not in the cache {root}"
+    typo = Path(repo).parent != Path(".") and Path(repo).parent.is_dir()  # in a local path?
+    local = f" (and there is no local folder {repo} either)" if typo else ""
+    where = f"{repo!r} (revision {revision}) is not in the cache {root}{local}"
     if _offline():
         raise HubError(f"{where} and HF_HUB_OFFLINE is set: unset it to download, {LOCAL_HINT}")
     for candidate in repos:
@@ -277,5 +279,5 @@ def resolve(name_or_path: str | os.PathLike, revision: str = "main",
             continue
         except _Unreachable as e:
             raise HubError(f"{where} and {e}; check the network or HF_ENDPOINT, {LOCAL_HINT}") from e
-    raise HubError(f"no repo {' or '.join(repos)} at {_endpoint()} (HTTP 401/404 on config.json): "
-                   f"check the name, set HF_TOKEN for a private repo, {LOCAL_HINT}")
+    raise HubError(f"no repo {' or '.join(repos)} at {_endpoint()}{local} (HTTP 401/404 on "
+                   f"config.json): check the name, set HF_TOKEN for a private repo, {LOCAL_HINT}")

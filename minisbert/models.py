@@ -90,13 +90,15 @@ class Transformer(nn.Module):
             state, file = weights.read_weights(folder)
             state = checkpoint.hf_to_ours(state, file, family=config.model_type)
             checkpoint.load_into(encoder, state, file)
-            default = default_max_seq_length(folder, config.max_length)
-            tokenizer = Tokenizer.from_folder(folder, max_seq_length or default, config.model_type)
+            if max_seq_length is None:
+                max_seq_length = default_max_seq_length(folder, config.max_length)
+            check_max_seq_length(max_seq_length, config)
+            tokenizer = Tokenizer.from_folder(folder, max_seq_length, config.model_type)
         if encoder is None or tokenizer is None:
             raise TypeError("Transformer needs model_name_or_path, or both encoder= and tokenizer=")
         self.encoder, self.tokenizer = encoder, tokenizer
         self.do_lower_case = do_lower_case
-        self.max_seq_length = max_seq_length or tokenizer.max_seq_length
+        self.max_seq_length = tokenizer.max_seq_length if max_seq_length is None else max_seq_length
 
     @property
     def max_seq_length(self) -> int:
@@ -104,11 +106,7 @@ class Transformer(nn.Module):
 
     @max_seq_length.setter
     def max_seq_length(self, n: int) -> None:
-        config = self.encoder.config
-        if not isinstance(n, int) or n < 2 or n > config.max_length:
-            raise ValueError(f"max_seq_length={n!r} must be an int between 2 and "
-                             f"{config.max_length}, the tokens the model's max_position_embeddings "
-                             f"({config.max_position_embeddings}) cover")
+        check_max_seq_length(n, self.encoder.config)
         self.tokenizer.max_seq_length = n
 
     def get_word_embedding_dimension(self) -> int:
@@ -133,6 +131,14 @@ class Transformer(nn.Module):
                    {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case})
 
 
+def check_max_seq_length(n, config: BertConfig) -> None:
+    """[CLS] and [SEP] need two tokens; the position table covers config.max_length."""
+    if type(n) is not int or n < 2 or n > config.max_length:
+        raise ValueError(f"max_seq_length={n!r} must be an int between 2 and "
+                         f"{config.max_length}, the tokens the model's max_position_embeddings "
+                         f"({config.max_position_embeddings}) cover")
+
+
 def default_max_seq_length(folder: Path, limit: int) -> int:
     """The default max_seq_length of a plain Hugging Face folder: the tokenizer's
     model_max_length, capped by what the position table covers (some files say 1e30 for "no
@@ -147,7 +153,10 @@ class Pooling(nn.Module):
 
     def __init__(self, word_embedding_dimension: int, pooling_mode: str = "mean"):
         super().__init__()
-        if pooling_mode not in POOLING_FUNCTIONS:
+        if type(word_embedding_dimension) is not int or word_embedding_dimension < 1:
+            raise ValueError(f"word_embedding_dimension={word_embedding_dimension!r} must be a "
+                             f"positive int: the width of the transformer's token vectors")
+        if not isinstance(pooling_mode, str) or pooling_mode not in POOLING_FUNCTIONS:
             raise ValueError(f"pooling_mode={pooling_mode!r}; choose one of "
                              f"{', '.join(POOLING_FUNCTIONS)}")
         self.word_embedding_dimension = word_embedding_dimension
@@ -172,9 +181,16 @@ class Pooling(nn.Module):
         config = read_json(path)
         if "pooling_mode" in config:  # sentence-transformers >= 6: the mode by name
             mode = config["pooling_mode"]
-            modes = [mode] if isinstance(mode, str) else list(mode)
+            modes = [mode] if isinstance(mode, str) else mode
+            if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+                raise ValueError(f"{path}: pooling_mode must be a mode name or a list of them, "
+                                 f"got {mode!r}")
             dim_key = "embedding_dimension"
         else:  # earlier versions: one boolean flag per mode
+            for flag in (*POOLING_FLAGS.values(), *UNSUPPORTED_FLAGS):
+                if not isinstance(config.get(flag, False), bool):
+                    raise ValueError(f"{path}: {flag!r} must be true or false, got "
+                                     f"{config[flag]!r}")
             modes = [m for m, flag in POOLING_FLAGS.items() if config.get(flag)]
             modes += [flag for flag in UNSUPPORTED_FLAGS if config.get(flag)]
             dim_key = "word_embedding_dimension"

@@ -41,6 +41,14 @@ def at_least(minimum: int):
     return count
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1], else a usage error that names the option."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def parser(description: str, default_model: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -50,7 +58,7 @@ def parser(description: str, default_model: str) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=at_least(1), default=4, help="passes over STSb train")
     p.add_argument("--batch-size", type=at_least(1), default=16, help="sentence pairs per step")
     p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate of AdamW")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps for warmup")
+    p.add_argument("--warmup-ratio", type=fraction, default=0.1, help="share of steps for warmup")
     p.add_argument("--seed", type=int, default=42, help="data order, dropout and new weights")
     p.add_argument("--max-steps", type=at_least(1), default=None,
                    help="stop after this many steps; None: after the epochs")
@@ -155,7 +163,8 @@ def train_on_stsb(model: SentenceTransformer, args, script: str) -> dict:
     test_evaluator = EmbeddingSimilarityEvaluator.from_input_examples(test, name="sts-test")
     results = {"dev": dev_scores, "test": test_evaluator(best), "model": args.model,
                "epochs": args.epochs, "steps": steps, "batch_size": args.batch_size,
-               "processes": world, "lr": args.lr, "loss": loss_name, "precision": precision, "seed": args.seed, "train_seconds": round(seconds, 1)}
+               "processes": world, "lr": args.lr, "loss": loss_name, "precision": precision,
+               "seed": args.seed, "train_seconds": round(seconds, 1)}
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"dev  Spearman (cosine): {results['dev']['spearman_cosine']:.4f}")
     print(f"test Spearman (cosine): {results['test']['spearman_cosine']:.4f}")

@@ -158,6 +158,18 @@ class _Progress:
             self._write(self.rows, new_file=True)
 
 
+def _check_folder(argument: str, path) -> None:
+    """NotADirectoryError if `path` is a file or lies under one; nothing is created."""
+    if path is None:
+        return
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"fit: {argument}={str(path)!r} cannot be a folder: "
+                                 f"{existing} is a file")
+
+
 def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoch: int | None = None,
         warmup_steps: int = 0, optimizer_class=torch.optim.AdamW, optimizer_params: dict | None = None,
         weight_decay: float = 0.01, evaluation_steps: int = 0, output_path=None, save_best_model: bool = True,
@@ -190,6 +202,8 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     process. Give a single objective whose dataloader has a DistributedSampler.
     """
     main = distributed.is_main()
+    for name, folder in (("output_path", output_path), ("checkpoint_path", checkpoint_path)):
+        _check_folder(name, folder)  # now, not after an epoch of training
     if distributed.world_size() > 1 and (resume_from_checkpoint or len(train_objectives) != 1):
         raise ValueError("under torchrun, fit trains one objective and does not resume from a "
                          "checkpoint (its state is one process's); resume with a single process")

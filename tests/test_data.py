@@ -135,6 +135,13 @@ def test_load_stsb_downloads_through_the_cache_when_no_source_is_given(tmp_path,
     assert load_stsb("train", source=write_original(tmp_path / "orig").parent)[0].label == 1.0
 
 
+def test_stsb_offline_without_a_cached_copy_says_how_to_give_a_local_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINISBERT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(data.hub.HubError, match="HF_HUB_OFFLINE.*or read a local STSb: --data"):
+        load_stsb("test")
+
+
 def test_input_example_refuses_texts_given_in_place_of_guid():
     assert InputExample(texts=["a", "b"], label=0.8).guid == ""
     with pytest.raises(TypeError, match="list of strings"):

@@ -118,7 +118,8 @@ def test_dropout_is_off_in_eval_mode_and_on_in_train_mode():
 
 def test_config_from_json_keeps_known_keys_and_ignores_others(tmp_path):
     path = tmp_path / "config.json"
-    d = {**BertConfig.tiny().to_dict(), "architectures": ["BertModel"], "use_cache": True}
+    d = {**BertConfig.tiny().to_dict(), "architectures": ["BertModel"], "use_cache": True,
+         "position_embedding_type": "absolute"}
     path.write_text(json.dumps(d))
     assert BertConfig.from_json(path) == BertConfig.tiny()
 
@@ -129,6 +130,8 @@ def test_config_from_json_keeps_known_keys_and_ignores_others(tmp_path):
     ({"layer_norm_eps": [1e-12]}, "'layer_norm_eps' should be float"),
     ({"num_attention_heads": 5}, "not divisible"),
     ({"hidden_act": "swish"}, "not supported"),
+    ({"pad_token_id": 100}, "'pad_token_id' 100 is not a row of the 100-row word table"),
+    ({"position_embedding_type": "relative_key"}, "'position_embedding_type'.*'relative_key'"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, change, message):
     assert_config_error(tmp_path, BertConfig.tiny().to_dict(), change, message)

@@ -87,3 +87,14 @@ def test_works_with_a_model_that_encodes_text():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="equally many"):
         EmbeddingSimilarityEvaluator(["a"], ["b", "c"], [1.0])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_a_gold_score_that_is_not_a_finite_number_is_refused_by_position(bad):
+    with pytest.raises(ValueError, match=f"score 1 is {bad!r}"):
+        EmbeddingSimilarityEvaluator(["a", "b", "c"], ["d", "e", "f"], [0.5, bad, 0.1])
+
+
+def test_numpy_scores_are_numbers_too():
+    evaluator = EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], np.array([0.5, 0.1], "f4"))
+    assert evaluator.scores == [0.5, np.float32(0.1)]

@@ -177,6 +177,14 @@ def test_offline_with_empty_cache_names_the_repo(hub, monkeypatch):
     assert hub.requests == []
 
 
+def test_a_mistyped_local_path_is_named_as_missing_too(hub, tmp_path, monkeypatch):
+    (tmp_path / "output").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match="no local folder output/my-modle either"):
+        resolve("output/my-modle")
+
+
 def test_offline_with_complete_cache_works(hub, monkeypatch):
     folder = resolve(REPO)
     n = len(hub.requests)

@@ -42,6 +42,24 @@ def test_unknown_pooling_mode_is_refused():
         Pooling(2, "sum")
 
 
+@pytest.mark.parametrize("dim", [0, -3, "384", 2.0, True])
+def test_pooling_width_must_be_a_positive_int(dim):
+    with pytest.raises(ValueError, match=f"word_embedding_dimension={dim!r}"):
+        Pooling(dim)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"embedding_dimension": 8, "pooling_mode": 3}, "pooling_mode must be a mode name"),
+    ({"word_embedding_dimension": 8, "pooling_mode_mean_tokens": "false"},
+     "'pooling_mode_mean_tokens' must be true or false, got 'false'"),
+])
+def test_pooling_config_with_mistyped_values_names_the_file_and_key(tmp_path, config, message):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message) as info:
+        Pooling.load(tmp_path)
+    assert str(tmp_path / "config.json") in str(info.value)
+
+
 @pytest.mark.parametrize("mode", ["mean", "max", "cls", "mean_sqrt_len_tokens"])
 def test_pooling_config_round_trips_with_sentence_transformers_keys(tmp_path, mode):
     Pooling(384, mode).save(tmp_path)
@@ -82,6 +100,12 @@ def test_normalize_gives_unit_vectors():
 def test_max_seq_length_above_the_position_table_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="max_position_embeddings \\(64\\)"):
         Transformer(tiny_model_dir, max_seq_length=65)
+
+
+@pytest.mark.parametrize("n", [0, 1, -5])
+def test_max_seq_length_below_two_is_refused_not_replaced_by_the_default(tiny_model_dir, n):
+    with pytest.raises(ValueError, match=f"max_seq_length={n}"):
+        Transformer(tiny_model_dir, max_seq_length=n)
 
 
 def test_max_seq_length_defaults_to_the_tokenizer_limit(tiny_model_dir):

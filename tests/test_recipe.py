@@ -41,6 +41,13 @@ def test_counts_out_of_range_are_usage_errors_naming_the_option(option, value, c
     assert f"argument {option}: must be at least" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-1", "1.5", "nan"])
+def test_a_warmup_ratio_outside_zero_to_one_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit):
+        parser("t", "m").parse_args(["--warmup-ratio", value])
+    assert "argument --warmup-ratio: must be between 0 and 1" in capsys.readouterr().err
+
+
 def test_loss_option_names_the_three_pair_losses_and_defaults_to_the_papers():
     p = parser("t", default_model="m")
     assert p.parse_args([]).loss == "cosine" and p.parse_args([]).plot is False

@@ -164,6 +164,19 @@ def test_without_an_evaluator_the_final_model_is_saved(tmp_path):
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == "step,epoch,loss,lr,nonfinite_steps"
 
 
+@pytest.mark.parametrize("argument", ["output_path", "checkpoint_path"])
+@pytest.mark.parametrize("below", ["", "run"])
+def test_a_file_where_fit_would_write_a_folder_fails_before_any_step(tmp_path, argument, below):
+    (tmp_path / "notes.txt").write_text("mine")
+    model = FakeSentenceTransformer()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NotADirectoryError, match=f"{argument}=.*notes.txt.* is a file"):
+        fit(model, [(DataLoader(toy_pairs(8), batch_size=4), losses.CosineSimilarityLoss(model))],
+            show_progress_bar=False, **{argument: tmp_path / "notes.txt" / below})
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_several_objectives_take_turns_and_an_epoch_is_the_shortest_dataloader():
     model = FakeSentenceTransformer()
     calls = []
