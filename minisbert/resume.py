@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sentence_transformer import replace_folder
+from .layout import replace_folder
 
 STATE_FILE = "training_state.pt"
 FORMAT = 1  # bumped when the layout of training_state.pt changes
