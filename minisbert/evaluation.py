@@ -9,7 +9,6 @@ figure the SBERT paper reports for STS (section 4). Read next: data.py, where th
 import csv
 import logging
 import math
-import numbers
 import os
 import warnings
 from pathlib import Path
@@ -58,6 +57,17 @@ def similarity_metrics(a: np.ndarray, b: np.ndarray, gold) -> dict[str, float]:
     return metrics
 
 
+def finite_float(score, i: int) -> float:
+    """A gold score as a float; NaN or inf would turn every correlation into NaN."""
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"gold score {i} is {score!r}; scores must be finite numbers")
+    return value
+
+
 class EmbeddingSimilarityEvaluator:
     """Correlation between embedding similarities and gold scores on a fixed list of pairs."""
 
@@ -69,10 +79,7 @@ class EmbeddingSimilarityEvaluator:
             raise ValueError(f"got {len(sentences1)} first sentences, {len(sentences2)} second "
                              f"sentences and {len(scores)} scores; they must be equally many")
         self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
-        for i, s in enumerate(scores):  # one NaN would turn every correlation into NaN
-            if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s):
-                raise ValueError(f"gold score {i} is {s!r}; scores must be finite numbers")
-        self.scores = [float(s) for s in scores]
+        self.scores = [finite_float(s, i) for i, s in enumerate(scores)]
         self.batch_size, self.name, self.show_progress_bar = batch_size, name, show_progress_bar
 
     @classmethod

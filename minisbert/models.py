@@ -9,6 +9,7 @@ Read next: sentence_transformer.py (chains these modules and encodes text).
 
 import json
 import logging
+import numbers
 from pathlib import Path
 
 import torch
@@ -153,13 +154,14 @@ class Pooling(nn.Module):
 
     def __init__(self, word_embedding_dimension: int, pooling_mode: str = "mean"):
         super().__init__()
-        if type(word_embedding_dimension) is not int or word_embedding_dimension < 1:
+        if not isinstance(word_embedding_dimension, numbers.Integral) or \
+                isinstance(word_embedding_dimension, bool) or word_embedding_dimension < 1:
             raise ValueError(f"word_embedding_dimension={word_embedding_dimension!r} must be a "
                              f"positive int: the width of the transformer's token vectors")
         if not isinstance(pooling_mode, str) or pooling_mode not in POOLING_FUNCTIONS:
             raise ValueError(f"pooling_mode={pooling_mode!r}; choose one of "
                              f"{', '.join(POOLING_FUNCTIONS)}")
-        self.word_embedding_dimension = word_embedding_dimension
+        self.word_embedding_dimension = int(word_embedding_dimension)
         self.pooling_mode = pooling_mode
 
     def forward(self, token_embeddings, attention_mask):

@@ -10,6 +10,7 @@ Read next: losses.py (how u and v are trained), then training.py.
 import contextlib
 import logging
 import math
+import numbers
 import shutil
 import tempfile
 import threading
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 # encode() tokenizes this many sentences at a time: enough to sort them into batches of similar
 # length, few enough that their padded token ids stay small next to the model.
 TOKENIZE_CHUNK = 4096
+
+
+def is_count(x) -> bool:
+    """An int (Python's or numpy's), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def checked_sentences(sentences) -> list[str]:
@@ -60,6 +66,7 @@ class SentenceTransformer(nn.Sequential):
                 transformer = Transformer(folder)
                 log.warning("%s has no modules.json: using its transformer with mean pooling", folder)
                 modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
+        modules = list(modules) if modules is not None else []
         check_layout(modules)
         super().__init__(*modules)
         if device is None:
@@ -71,7 +78,10 @@ class SentenceTransformer(nn.Sequential):
         self._lock = threading.RLock()  # one encode at a time: it swaps weights and modes
 
     def __getstate__(self):  # a lock cannot be pickled or deep-copied; each copy gets its own
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        with self._lock:  # and never mid-encode, when the weights may be bf16 copies
+            state = super().__getstate__()
+        state.pop("_lock", None)
+        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -123,20 +133,21 @@ class SentenceTransformer(nn.Sequential):
         threads are safe and run one at a time."""
         single = isinstance(sentences, str)
         sentences = checked_sentences(sentences)
-        if type(batch_size) is not int or batch_size < 1:
+        if not is_count(batch_size) or batch_size < 1:
             raise ValueError(f"encode: batch_size={batch_size!r} must be a positive int")
-        device = torch.device(device) if device is not None else self.device
         dtype = resolve_dtype(precision if precision is not None else self.precision)
-        if (dtype, device) not in self._logged:
-            self._logged.add((dtype, device))
-            log.info("encode runs in %s on %s", precision_name(dtype), device)
         if show_progress_bar is None:
             show_progress_bar = len(sentences) > 32 * batch_size
         n_batches = sum(math.ceil(min(TOKENIZE_CHUNK, len(sentences) - start) / batch_size)
                         for start in range(0, len(sentences), TOKENIZE_CHUNK))
         indices, chunks = [], []
         with self.inference():
-            self.to(device)  # as in sentence-transformers, encode(device=...) moves the model
+            if device is not None and torch.device(device) != self.device:
+                self.to(device)  # as in sentence-transformers, encode(device=...) moves the model
+            device = self.device
+            if (dtype, device) not in self._logged:
+                self._logged.add((dtype, device))
+                log.info("encode runs in %s on %s", precision_name(dtype), device)
             with weights_as(self, dtype, self._weight_cache), torch.inference_mode():
                 for index, features in tqdm(self._length_sorted_batches(sentences, batch_size, device),
                                             total=n_batches, desc="Batches",
@@ -194,12 +205,13 @@ class SentenceTransformer(nn.Sequential):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
             entries = []
-            for idx, module in enumerate(self):
-                sub = "" if idx == 0 else f"{idx}_{type(module).__name__}"
-                (tmp / sub).mkdir(exist_ok=True)
-                module.save(tmp / sub)
-                entries.append({"idx": idx, "name": str(idx), "path": sub,
-                                "type": f"sentence_transformers.models.{type(module).__name__}"})
+            with self._lock:  # not mid-encode, when the weights may be bf16 copies
+                for idx, module in enumerate(self):
+                    sub = "" if idx == 0 else f"{idx}_{type(module).__name__}"
+                    (tmp / sub).mkdir(exist_ok=True)
+                    module.save(tmp / sub)
+                    entries.append({"idx": idx, "name": str(idx), "path": sub,
+                                    "type": f"sentence_transformers.models.{type(module).__name__}"})
             write_json(tmp / "modules.json", entries)
             write_json(tmp / "config_sentence_transformers.json",
                        {"__version__": {"minisbert": __version__, "pytorch": torch.__version__},

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import pearsonr, spearmanr
 
 from minisbert.data import InputExample
@@ -95,6 +96,8 @@ def test_a_gold_score_that_is_not_a_finite_number_is_refused_by_position(bad):
         EmbeddingSimilarityEvaluator(["a", "b", "c"], ["d", "e", "f"], [0.5, bad, 0.1])
 
 
-def test_numpy_scores_are_numbers_too():
-    evaluator = EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], np.array([0.5, 0.1], "f4"))
-    assert evaluator.scores == [0.5, np.float32(0.1)]
+@pytest.mark.parametrize("scores", [np.array([0.5, 0.25], "f4"), torch.tensor([0.5, 0.25]),
+                                    ["0.5", "0.25"]])
+def test_scores_may_be_anything_float_takes(scores):
+    evaluator = EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], scores)
+    assert evaluator.scores == [0.5, 0.25] and all(type(s) is float for s in evaluator.scores)

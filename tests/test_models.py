@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,7 @@ def test_unknown_pooling_mode_is_refused():
 def test_pooling_width_must_be_a_positive_int(dim):
     with pytest.raises(ValueError, match=f"word_embedding_dimension={dim!r}"):
         Pooling(dim)
+    assert Pooling(np.int64(384)).get_sentence_embedding_dimension() == 384
 
 
 @pytest.mark.parametrize("config, message", [

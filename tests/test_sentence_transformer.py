@@ -1,6 +1,7 @@
 """SentenceTransformer: parity with the reference implementation, encode's contract, save/load."""
 
 import copy
+import io
 import json
 import logging
 import threading
@@ -10,8 +11,9 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from minisbert import SentenceTransformer
+from minisbert import SentenceTransformer, weights
 from minisbert.models import Normalize, Pooling, Transformer
+from minisbert.precision import weights_as
 
 
 @pytest.mark.real
@@ -131,10 +133,16 @@ def test_encode_refuses_what_is_neither_a_str_nor_a_list_of_str(tiny_model, bad)
         tiny_model.encode(bad)
 
 
-@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
 def test_encode_refuses_a_batch_size_that_is_not_a_positive_int(tiny_model, batch_size):
     with pytest.raises(ValueError, match=f"batch_size={batch_size!r}"):
         tiny_model.encode(["the dog", "a cat"], batch_size=batch_size)
+
+
+def test_encode_takes_numpy_ints_and_arrays_as_plain_python_ones(tiny_model):
+    texts = ["the dog", "a cat runs"]
+    expected = tiny_model.encode(texts, batch_size=1)
+    assert np.array_equal(tiny_model.encode(np.array(texts), batch_size=np.int64(1)), expected)
 
 
 def test_one_str_without_numpy_conversion_is_one_tensor(tiny_model):
@@ -153,10 +161,50 @@ def test_a_loaded_model_is_in_eval_mode_so_a_direct_forward_has_no_dropout(tiny_
     torch.testing.assert_close(model(**features), model(**features), rtol=0, atol=0)
 
 
-def test_a_deep_copy_encodes_the_same_and_has_its_own_lock(tiny_model):
-    twin = copy.deepcopy(tiny_model)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, on importing compile
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_copy_encodes_the_same_and_has_its_own_lock(tiny_model, how):
+    if how == "deepcopy":
+        twin = copy.deepcopy(tiny_model)
+    else:  # of a compiled model: torch drops the compiled forward, we drop the lock
+        compiled = copy.deepcopy(tiny_model)
+        compiled.compile()
+        buffer = io.BytesIO()
+        torch.save(compiled, buffer)
+        twin = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
     assert twin._lock is not tiny_model._lock
     assert np.array_equal(twin.encode(["the dog"]), tiny_model.encode(["the dog"]))
+
+
+def test_modules_may_come_as_any_iterable(tiny_model):
+    model = SentenceTransformer(modules=iter([tiny_model[0], tiny_model[1]]), device="cpu")
+    assert len(model) == 2 and model.encode("the dog").shape == (32,)
+
+
+def test_save_and_copies_wait_for_a_running_bf16_encode(tiny_model, tmp_path):
+    # While an encode runs in bf16 the module holds bf16 copies of its weights; a save or copy
+    # from another thread must wait and see the fp32 originals.
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        with tiny_model.inference(), weights_as(tiny_model, torch.bfloat16):
+            started.set()
+            release.wait(5)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    started.wait(5)
+    saver = threading.Thread(target=lambda: (tiny_model.save(tmp_path / "m"),
+                                             copies.append(copy.deepcopy(tiny_model))))
+    copies = []
+    saver.start()
+    saver.join(0.3)
+    assert saver.is_alive()  # waiting for the encode
+    release.set()
+    holder.join()
+    saver.join()
+    saved = weights.read_safetensors(tmp_path / "m" / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    assert {p.dtype for p in copies[0].parameters()} == {torch.float32}
 
 
 def test_encode_from_several_threads_gives_each_its_own_answer(tiny_model):

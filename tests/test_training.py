@@ -308,6 +308,22 @@ def test_adamw_runs_fused_unless_told_otherwise(monkeypatch, given, used):
     assert seen == [{**given, "fused": used}]
 
 
+def test_fit_trains_a_freshly_loaded_model_with_dropout_and_evaluates_without(tiny_model):
+    # A loaded model starts in eval mode; fit must switch it to training for its steps (dropout
+    # on), while the evaluator's encode runs in eval mode.
+    assert not tiny_model.training
+    modes = []
+    tiny_model[0].register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    evaluator = EmbeddingSimilarityEvaluator(["the dog"], ["a cat"], [0.5])
+    loader = DataLoader(toy_pairs(8), batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # one pair: the correlation is NaN
+        fit(tiny_model, [(loader, losses.CosineSimilarityLoss(tiny_model))], evaluator=evaluator,
+            evaluation_steps=1, show_progress_bar=False)
+    # Each of the 2 steps runs the network twice (u, then v), then the evaluator encodes once.
+    assert modes == [True, True, False, True, True, False]
+
+
 def test_sparse_embedding_gradients_equal_the_dense_ones_in_one_reused_buffer(tiny_model):
     loss = losses.CosineSimilarityLoss(tiny_model).eval()  # no dropout: both passes alike
     word = tiny_model[0].encoder.embeddings.word
