@@ -162,7 +162,8 @@ def train_on_stsb(model: SentenceTransformer, args, script: str) -> dict:
     best = SentenceTransformer(str(output), device=model.device, precision=precision)
     test_evaluator = EmbeddingSimilarityEvaluator.from_input_examples(test, name="sts-test")
     results = {"dev": dev_scores, "test": test_evaluator(best), "model": args.model,
-               "epochs": args.epochs, "steps": steps, "batch_size": args.batch_size,
+               "epochs": round(steps / len(loader), 4),  # passes done: < --epochs if cut short
+               "steps": steps, "batch_size": args.batch_size,
                "processes": world, "lr": args.lr, "loss": loss_name, "precision": precision,
                "seed": args.seed, "train_seconds": round(seconds, 1)}
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """The STSb recipe's options: --loss picks the objective, --plot draws the curves after training."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -67,6 +68,8 @@ def test_recipe_trains_with_the_chosen_loss_and_records_it(tiny_model, tmp_path,
     results = train_on_stsb(tiny_model, args, script="test")
     assert used == [chosen]
     assert results["loss"] == loss == json.loads((tmp_path / "run" / "results.json").read_text())["loss"]
+    # 2 steps of --max-steps out of the ceil(rows / 3) batches of one pass over train:
+    assert (results["steps"], results["epochs"]) == (2, round(2 / math.ceil(len(ROWS) / 3), 4))
     assert not (tmp_path / "run" / "curves.png").exists()  # only with --plot
 
 
