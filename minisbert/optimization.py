@@ -63,14 +63,16 @@ class SparseEmbeddingGradients:
     into the buffer. The optimizer sees the same gradient as before, up to the order of the
     additions (AdamW needs it dense: its moments move every row that was ever looked up). Tables
     already `sparse=True` get the same treatment; on exit each table's gradient is dense and its
-    flag as it was. Only on CPU and CUDA, and not under torchrun, where DDP averages the gradients
-    itself: there the tables keep their dense backward.
+    flag as it was. Only on CPU and CUDA, not for fp16 tables on CPU, and not under torchrun, where
+    DDP averages the gradients itself: there the tables keep their dense backward.
     """
 
     def __init__(self, modules: list[nn.Module], device: torch.device):
         on = device.type in ("cpu", "cuda") and distributed.world_size() == 1
+        # CPU torch has no fp16 kernel for summing sparse rows; fp16 tables stay dense there.
         tables = {id(m): m for module in modules for m in module.modules()
-                  if on and isinstance(m, nn.Embedding) and m.weight.requires_grad}
+                  if on and isinstance(m, nn.Embedding) and m.weight.requires_grad
+                  and not (device.type == "cpu" and m.weight.dtype == torch.float16)}
         self.tables, self.buffers = list(tables.values()), {}
         self.was_sparse = [table.sparse for table in self.tables]
 
