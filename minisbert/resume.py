@@ -24,7 +24,7 @@ import torch
 from .layout import replace_folder
 
 STATE_FILE = "training_state.pt"
-FORMAT = 1  # bumped when the layout of training_state.pt changes
+FORMAT = 2  # bumped when the layout of training_state.pt changes (2: every RNG at epoch starts)
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,16 @@ def set_rng_state(state: dict) -> None:
 # --- the position in the data ------------------------------------------------------------------
 
 def _sampling_rng(dataloader) -> dict:
-    """The generators a DataLoader draws its order from: torch's global one (a shuffling
-    DataLoader without a generator seeds its sampler from it) and any torch.Generator it was given."""
+    """The generators a DataLoader may draw its order from: Python's, numpy's and torch's global
+    ones (a shuffling DataLoader without a generator seeds its sampler from torch's; a sampler of
+    one's own may use `random`), and any torch.Generator it was given."""
     generators = (dataloader.generator, getattr(dataloader.sampler, "generator", None))
-    return {"torch": torch.get_rng_state(),
-            "generators": [g.get_state() if isinstance(g, torch.Generator) else None
-                           for g in generators]}
+    return {**rng_state(), "generators": [g.get_state() if isinstance(g, torch.Generator)
+                                          else None for g in generators]}
 
 
 def _set_sampling_rng(dataloader, state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    set_rng_state(state)
     generators = (dataloader.generator, getattr(dataloader.sampler, "generator", None))
     for g, g_state in zip(generators, state["generators"]):
         if isinstance(g, torch.Generator) and g_state is not None:
@@ -81,8 +81,8 @@ class Batches:
     iterator, and count the batches taken from it since. To resume, each iterator is restarted from
     its recorded state and the batches already used are drawn and dropped; then the generators are
     set to their states at the checkpoint (set_rng_state), which the replay does not disturb.
-    This needs no sampler of our own and works for any sampler that draws its order from torch's
-    generator or its own torch.Generator, as DataLoader's built-in ones do.
+    This needs no sampler of our own and works for any sampler that draws its order from Python's,
+    numpy's or torch's generator or from its own torch.Generator, as DataLoader's built-in ones do.
     """
 
     def __init__(self, dataloaders: list):
@@ -201,7 +201,7 @@ def load_training_state(folder: Path, run: dict) -> dict:
     except Exception as e:  # UnpicklingError (code asked for), RuntimeError (bad zip), EOFError
         raise ValueError(f"{file}: not a readable training state; it is loaded with "
                          f"weights_only=True, so only plain tensors and numbers "
-                         f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+                         f"({type(e).__name__}: {(str(e).splitlines() or ['empty'])[0]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{file}: not a minisbert training state of format {FORMAT}")
     for key, value in run.items():

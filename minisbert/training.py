@@ -170,8 +170,17 @@ def _check_folder(argument: str, path) -> None:
                                  f"{existing} is a file")
 
 
+def _check_counts(**counts) -> None:
+    """Each setting an int >= its minimum (None allowed where listed as such)."""
+    for name, (value, minimum) in counts.items():
+        if value is None and name in ("steps_per_epoch", "max_steps", "checkpoint_save_total_limit"):
+            continue
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"fit: {name}={value!r} must be an int >= {minimum}")
+
+
 def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoch: int | None = None,
-        warmup_steps: int = 0, optimizer_class=torch.optim.AdamW, optimizer_params: dict | None = None,
+        scheduler: str = "WarmupLinear", warmup_steps: int = 0, optimizer_class=torch.optim.AdamW, optimizer_params: dict | None = None,
         weight_decay: float = 0.01, evaluation_steps: int = 0, output_path=None, save_best_model: bool = True,
         max_grad_norm: float | None = 1.0, use_amp: bool = False, callback=None, show_progress_bar: bool = True,
         max_steps: int | None = None, seed: int | None = None, checkpoint_path=None,
@@ -183,8 +192,9 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     gradients add up into one clipped AdamW update (sentence-transformers instead updates once per
     objective, with one optimizer each; for a single objective the two agree). An epoch is the
     shortest dataloader's length (or `steps_per_epoch`); `max_steps` cuts training short. The lr
-    follows `linear_warmup_decay` over all steps, from optimizer_params["lr"] (default 2e-5).
-    Evaluation runs every `evaluation_steps` steps (0: never) and at each epoch end; with an
+    follows `linear_warmup_decay` over all steps, from optimizer_params["lr"] (default 2e-5):
+    sentence-transformers' "WarmupLinear", the one `scheduler` there is here.
+    Evaluation runs every `evaluation_steps` steps of an epoch (0: never) and at its end; with an
     evaluator and `save_best_model`, `model.save(output_path)` keeps the best primary score,
     otherwise the final model is saved there. `callback(score, epoch, steps)` follows each
     evaluation. `use_amp` runs forward passes under autocast (see `mixed_precision`).
@@ -202,6 +212,13 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     process. Give a single objective whose dataloader has a DistributedSampler.
     """
     main = distributed.is_main()
+    _check_counts(epochs=(epochs, 1), steps_per_epoch=(steps_per_epoch, 1), max_steps=(max_steps, 1),
+                  warmup_steps=(warmup_steps, 0), evaluation_steps=(evaluation_steps, 0),
+                  checkpoint_save_steps=(checkpoint_save_steps, 0),
+                  checkpoint_save_total_limit=(checkpoint_save_total_limit, 0))
+    if str(scheduler).lower() != "warmuplinear":
+        raise ValueError(f"fit: scheduler={scheduler!r}; minisbert has one schedule, WarmupLinear "
+                         f"(linear warmup, then linear decay to 0)")
     for name, folder in (("output_path", output_path), ("checkpoint_path", checkpoint_path)):
         _check_folder(name, folder)  # now, not after an epoch of training
     if distributed.world_size() > 1 and (resume_from_checkpoint or len(train_objectives) != 1):
@@ -240,7 +257,8 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     # A resumed run must have the same settings: its optimizer state comes from the checkpoint,
     # so a changed lr or loss would be silently ignored or mixed in. (The seed may differ: the
     # random generators' states are restored too.)
-    run = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+    run = {"processes": distributed.world_size(),  # first: it changes steps_per_epoch too
+           "epochs": epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
            "objectives": len(train_objectives), "amp": str(precision.dtype),
            "losses": [type(loss).__name__ for loss in loss_modules],
            "optimizer": optimizer_class.__name__, "lr": options.get("lr"),
@@ -280,7 +298,7 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
             bar.update(1)
 
             # 5. Evaluate (and maybe save the best) every evaluation_steps and at each epoch end.
-            if evaluation_steps > 0 and step % evaluation_steps == 0:
+            if evaluation_steps > 0 and epoch_step % evaluation_steps == 0:  # from the epoch start
                 progress.record(step, epoch, epoch_step, lr, nonfinite.total)
             elif epoch_step == epoch_steps:
                 progress.record(step, epoch, -1, lr, nonfinite.total)

@@ -57,7 +57,7 @@ def test_two_processes_end_with_the_same_weights_as_one_with_twice_the_batch(tmp
     model_dir, data = tiny_model_without_dropout(tmp_path / "tiny"), write_stsb(tmp_path / "stsb")
     options = ["--model", str(model_dir), "--data", str(data), "--batch-size", "4", "--epochs", "2",
                "--lr", "1e-3", "--warmup-ratio", "0", "--seed", "3", "--device", "cpu",
-               "--output", str(tmp_path / "run" / "out")]
+               "--output", str(tmp_path / "run" / "out"), "--checkpoint-steps", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
                           "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -73,6 +73,10 @@ def test_two_processes_end_with_the_same_weights_as_one_with_twice_the_batch(tmp
     assert json.loads((out / "results.json").read_text())["processes"] == 2
     metrics = (out / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 1 + 2  # a header and one row per epoch, not one per rank
+    # Its checkpoints hold two processes' run, so one process cannot pass for its continuation.
+    alone = subprocess.run([sys.executable, str(WORKER), *options, "--resume", "latest"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert alone.returncode != 0 and "the checkpoint's run had processes=2" in alone.stderr
 
     rank0, rank1 = (torch.load(tmp_path / "run" / f"rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)

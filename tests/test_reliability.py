@@ -230,12 +230,29 @@ class StopAt(nn.Module):
         return self.loss(features, labels)
 
 
+class PythonShuffle(torch.utils.data.Sampler):
+    """A sampler that shuffles with Python's `random`, as some of sentence-transformers' do."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        order = list(range(self.n))
+        random.shuffle(order)
+        return iter(order)
+
+    def __len__(self):
+        return self.n
+
+
 def train_tiny(model_dir, out: Path, stop=None, resume_from=None, seed=0, two_objectives=False,
-               evaluator=None, epochs=2, lr=1e-3, warmup_steps=2, **options):
+               evaluator=None, epochs=2, lr=1e-3, warmup_steps=2, python_shuffle=False,
+               **options):
     """2 epochs of 3 steps (batch 4) on the tiny BERT, whose dropout draws from torch's RNG, with
     a dev evaluation at each epoch end and checkpoints every 2 steps in out/checkpoints."""
     model = SentenceTransformer(str(model_dir), device="cpu")
-    loader = DataLoader(SentencesDataset(tiny_pairs(12)), shuffle=True, batch_size=4)
+    order = {"sampler": PythonShuffle(12)} if python_shuffle else {"shuffle": True}
+    loader = DataLoader(SentencesDataset(tiny_pairs(12)), batch_size=4, **order)
     objectives = [(loader, StopAt(losses.CosineSimilarityLoss(model), stop))]
     if two_objectives:  # a second objective of 2 batches
         objectives.append((DataLoader(tiny_pairs(2, seed=1), shuffle=True, batch_size=1),
@@ -295,6 +312,19 @@ def test_a_run_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(
     assert_same_weights(whole, resumed)
     assert rows == whole_rows
     assert files_of(tmp_path / "best") == whole_best  # the best model and metrics.csv
+
+
+def test_a_sampler_shuffling_with_python_random_resumes_in_the_same_order(tiny_model_dir, tmp_path):
+    random.seed(0)
+    whole, _ = train_tiny(tiny_model_dir, tmp_path / "a", checkpoint_save_steps=0,
+                          python_shuffle=True)
+    random.seed(0)
+    with pytest.raises(Killed):  # mid first epoch, after the checkpoint of step 2
+        train_tiny(tiny_model_dir, tmp_path / "b", stop=3, python_shuffle=True)
+    random.seed(7)  # a new process
+    resumed, _ = train_tiny(tiny_model_dir, tmp_path / "b", resume_from=True, seed=None,
+                            python_shuffle=True)
+    assert_same_weights(whole, resumed)
 
 
 def test_resuming_replays_dataloaders_that_started_over_mid_epoch(tiny_model_dir, tmp_path):
@@ -384,13 +414,15 @@ def hostile_training_state(folder, case):
         torch.save({"format": resume.FORMAT, "x": Evil(folder / "pwned")}, file)
     elif case == "truncated":
         file.write_bytes(file.read_bytes()[:1000])
+    elif case == "empty":  # a disk that filled up
+        file.write_bytes(b"")
     elif case == "not_a_state":
         torch.save({"weights": torch.ones(2)}, file)
 
 
 @pytest.mark.parametrize("case, message", [
     ("malicious_pickle", "weights_only"), ("truncated", "not a readable training state"),
-    ("not_a_state", "not a minisbert training state")])
+    ("empty", "not a readable training state"), ("not_a_state", "not a minisbert training state")])
 def test_a_hostile_or_broken_training_state_is_refused_naming_the_file(
         tiny_model_dir, tmp_path, case, message):
     train_tiny(tiny_model_dir, tmp_path, checkpoint_save_steps=6)

@@ -140,10 +140,39 @@ def test_metrics_rows_hold_the_mean_loss_since_the_last_row_and_the_lr():
     loader = DataLoader(toy_pairs(12), batch_size=4)  # 3 steps per epoch
     rows = fit(model, [(loader, ScriptedLoss([1, 2, 3, 4, 5, 6]))], evaluator=ScriptedEvaluator([.1, .2, .3, .4]),
                epochs=2, evaluation_steps=2, optimizer_params={"lr": 1.0}, show_progress_bar=False)
-    # Evaluations at step 2, at the end of epoch 0 (step 3), at 4, and at 6 (both: only once).
-    assert [(r["step"], r["epoch"]) for r in rows] == [(2, 0), (3, 0), (4, 1), (6, 1)]
-    assert [r["loss"] for r in rows] == [1.5, 3.0, 4.0, 5.5]
-    assert [r["lr"] for r in rows] == pytest.approx([5 / 6, 4 / 6, 3 / 6, 1 / 6])  # lr of the last update
+    # evaluation_steps counts from each epoch's start, as in sentence-transformers: evaluations
+    # at step 2, at the end of epoch 0 (step 3), at step 5 (the 2nd of epoch 1) and at its end.
+    assert [(r["step"], r["epoch"]) for r in rows] == [(2, 0), (3, 0), (5, 1), (6, 1)]
+    assert [r["loss"] for r in rows] == [1.5, 3.0, 4.5, 6.0]
+    assert [r["lr"] for r in rows] == pytest.approx([5 / 6, 4 / 6, 2 / 6, 1 / 6])  # lr of the last update
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"epochs": 0}, "epochs=0 must be an int >= 1"), ({"epochs": 1.5}, "epochs=1.5"),
+    ({"steps_per_epoch": 0}, "steps_per_epoch=0"), ({"max_steps": 0}, "max_steps=0"),
+    ({"warmup_steps": -1}, "warmup_steps=-1 must be an int >= 0"),
+    ({"evaluation_steps": -2}, "evaluation_steps=-2"),
+    ({"checkpoint_save_total_limit": -1}, "checkpoint_save_total_limit=-1"),
+    ({"scheduler": "WarmupCosine"}, "scheduler='WarmupCosine'.*WarmupLinear"),
+])
+def test_settings_out_of_range_are_refused_before_any_step(setting, message):
+    model = FakeSentenceTransformer()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        fit(model, [(DataLoader(toy_pairs(8), batch_size=4), losses.CosineSimilarityLoss(model))],
+            show_progress_bar=False, **setting)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_arguments_in_sentence_transformers_order_mean_the_same():
+    # fit(train_objectives, evaluator, epochs, steps_per_epoch, scheduler, warmup_steps, ...)
+    def run(*args, **kwargs):
+        torch.manual_seed(0)
+        model = FakeSentenceTransformer()
+        loader = DataLoader(toy_pairs(8), batch_size=4)
+        return fit(model, [(loader, losses.CosineSimilarityLoss(model))], *args,
+                   show_progress_bar=False, **kwargs)
+    assert run(None, 2, None, "warmuplinear", 3) == run(epochs=2, warmup_steps=3)
 
 
 def test_best_model_is_saved_only_when_the_primary_score_improves(tmp_path):
@@ -322,6 +351,18 @@ def test_fit_trains_a_freshly_loaded_model_with_dropout_and_evaluates_without(ti
             evaluation_steps=1, show_progress_bar=False)
     # Each of the 2 steps runs the network twice (u, then v), then the evaluator encodes once.
     assert modes == [True, True, False, True, True, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_model_in_half_precision_trains_on_cpu(tiny_model, dtype):
+    tiny_model.to(dtype)  # CPU torch cannot add fp16 sparse rows: those tables stay dense
+    before = tiny_model[0].encoder.embeddings.word.weight.detach().clone()
+    rows = fit(tiny_model, [(DataLoader(toy_pairs(8), batch_size=4),
+                             losses.CosineSimilarityLoss(tiny_model))],
+               optimizer_params={"lr": 1e-2}, show_progress_bar=False)
+    after = tiny_model[0].encoder.embeddings.word.weight
+    assert math.isfinite(rows[-1]["loss"]) and after.dtype == dtype
+    assert not torch.equal(before, after) and not after.is_sparse and not after.grad.is_sparse
 
 
 def test_sparse_embedding_gradients_equal_the_dense_ones_in_one_reused_buffer(tiny_model):
