@@ -71,10 +71,13 @@ def _add_template(tok: HFTokenizer, special: dict, vocab: dict, fairseq: bool,
 def wordpiece_from_vocab(vocab_file: Path, config: dict, model_type: str = "bert") -> HFTokenizer:
     """BERT's tokenizer rebuilt from vocab.txt: normalise, split on spaces and punctuation,
     greedy longest-match WordPiece, then the family's template."""
-    # A token listed twice keeps its last line's id, as in transformers and `tokenizers`.
+    # A token listed twice keeps its last line's id, as in transformers and `tokenizers`. Lines
+    # end at "\n" (or "\r\n") only: splitlines() would also break at U+2028, form feeds, ...
     raw = vocab_file.read_bytes()
     try:
-        lines = raw.decode("utf-8").splitlines()
+        lines = [line.removesuffix("\r") for line in raw.decode("utf-8").split("\n")]
+        if lines[-1] == "":  # the newline that ends the last line
+            lines.pop()
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise ValueError(f"{vocab_file}, line {line}: not valid UTF-8 ({e.reason})") from None

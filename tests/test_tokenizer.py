@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from tokenizers import models
 
 from minisbert.tokenizer import Tokenizer, wordpiece_from_vocab
 from conftest import TINY_VOCAB
@@ -23,6 +24,16 @@ def test_wordpiece_splits_into_known_pieces_and_wraps_in_cls_sep(tok):
 
 def test_unknown_words_become_unk(tok):
     assert tok.tokens("a zebra") == ["[CLS]", "a", "[UNK]", "[SEP]"]
+
+
+def test_vocab_lines_end_at_newlines_only_as_in_the_tokenizers_library(tmp_path):
+    # str.splitlines would also break at U+2028, U+0085, form feed, ...: every later id shifts.
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a\u2028b", "x\x0cy", "dog", "man"]
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("".join(t + "\r\n" * (i % 2) + "\n" * (1 - i % 2)
+                             for i, t in enumerate(tokens)).encode("utf-8"))
+    ours = wordpiece_from_vocab(path, {}).get_vocab()
+    assert ours == models.WordPiece.read_file(str(path)) == {t: i for i, t in enumerate(tokens)}
 
 
 def test_lowercasing_follows_tokenizer_config(tiny_model_dir):
