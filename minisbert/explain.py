@@ -14,12 +14,14 @@ pooling have no such split. Read next: tests/test_explain.py.
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import plots
 from .models import Normalize, Pooling
+from .recipe import at_least
 from .sentence_transformer import SentenceTransformer
 
 # Pooling modes whose vector is a positive multiple of the token average, so the split holds:
@@ -122,15 +124,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("a", help="first sentence")
     p.add_argument("b", help="second sentence")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="local folder or hub name")
-    p.add_argument("--top", type=int, default=5, help="pairs to list each way (default 5)")
+    p.add_argument("--top", type=at_least(1), default=5, help="pairs to list each way (default 5)")
     p.add_argument("--png", default=None, help="also draw the matrix as a heatmap (needs matplotlib)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if any)")
     args = p.parse_args(argv)
-    if args.png:
+    if args.png:  # checked before loading the model, not after
         try:
-            plots.require_matplotlib()  # before loading the model, not after
+            plots.require_matplotlib()
         except ImportError as err:
             p.error(f"--png: {err}")
+        if Path(args.png).suffix.lower() != ".png":
+            p.error(f"--png: {args.png!r} must end in .png")
+        if not Path(args.png).parent.is_dir():
+            p.error(f"--png: no folder {Path(args.png).parent}")
     e = explain(SentenceTransformer(args.model, device=args.device), args.a, args.b)
     print(report(e, args.top))
     if args.png:

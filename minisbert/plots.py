@@ -34,7 +34,7 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[float]]:
     """metrics.csv -> {"step": [...], "loss": [...], "spearman_cosine": [...]} (the last only
     when an evaluator ran); an empty cell (an evaluation that returned NaN) becomes NaN."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: as re-saved by a spreadsheet
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path}: no rows (fit writes one per evaluation)")

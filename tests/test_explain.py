@@ -94,6 +94,18 @@ def test_png_without_matplotlib_is_a_clear_error_before_any_model_loads(monkeypa
     assert "pip install" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--top", "0"], "--top: must be at least 1"),
+    (["--png", "heatmap"], "--png: 'heatmap' must end in .png"),
+    (["--png", "no/such/folder/m.png"], "--png: no folder no/such/folder"),
+])
+def test_bad_options_are_usage_errors_before_any_model_loads(capsys, option, message):
+    pytest.importorskip("matplotlib", reason="--png needs matplotlib (pip install -e '.[plot]')")
+    with pytest.raises(SystemExit):
+        main([A, B, "--model", "/no/such/model", *option])
+    assert message in capsys.readouterr().err
+
+
 def test_png_draws_the_matrix(tiny_model, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="--png needs matplotlib (pip install -e '.[plot]')")
     tiny_model.save(tmp_path / "model")

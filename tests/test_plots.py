@@ -42,6 +42,12 @@ def test_read_metrics_without_an_evaluator_and_with_a_nan_score(tmp_path):
     assert math.isnan(read_metrics(tmp_path / "nan.csv")["spearman_cosine"][0])
 
 
+def test_read_metrics_of_a_file_re_saved_with_a_byte_order_mark(tmp_path):
+    path = write_metrics(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as spreadsheets save UTF-8
+    assert read_metrics(path) == read_metrics(write_metrics(tmp_path / "again"))
+
+
 def test_read_metrics_refuses_a_file_that_is_not_fits(tmp_path):
     (tmp_path / "empty.csv").write_text("step,epoch,loss,lr\n")
     with pytest.raises(ValueError, match="no rows"):
