@@ -36,7 +36,11 @@ class InputExample:
     label: float = 0.0
 
     def __post_init__(self):
-        # Catches InputExample(["a", "b"], 0.8), which would otherwise put the texts into `guid`.
+        # Catches InputExample(["a", "b"]) and InputExample(["a", "b"], 0.8), which would
+        # otherwise put the texts into `guid`.
+        if not isinstance(self.guid, str):
+            raise TypeError(f"InputExample.guid must be a str, got {self.guid!r}; give the "
+                            f"sentences as texts=[...]")
         if not isinstance(self.texts, (list, tuple)) or not all(isinstance(t, str) for t in self.texts):
             raise TypeError(f"InputExample.texts must be a list of strings, got {self.texts!r}")
         self.texts = list(self.texts)

@@ -120,13 +120,14 @@ def draw_heatmap(e: Explanation, png) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m minisbert.explain",
                                 description="Split the cosine similarity of two sentences into "
-                                            "the contributions of their token pairs.")
+                                            "the contributions of their token pairs.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("a", help="first sentence")
     p.add_argument("b", help="second sentence")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="local folder or hub name")
-    p.add_argument("--top", type=at_least(1), default=5, help="pairs to list each way (default 5)")
+    p.add_argument("--top", type=at_least(1), default=5, help="pairs to list each way")
     p.add_argument("--png", default=None, help="also draw the matrix as a heatmap (needs matplotlib)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if any)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ...; None: cuda if any")
     args = p.parse_args(argv)
     if args.png:  # checked before loading the model, not after
         try:

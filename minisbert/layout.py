@@ -54,6 +54,10 @@ def load_modules(folder: Path) -> list[nn.Module]:
                 raise ValueError(f"{path / 'config.json'}: word_embedding_dimension "
                                  f"{modules[-1].word_embedding_dimension} is not the "
                                  f"transformer's hidden size {width}")
+    try:
+        check_layout(modules)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
     return modules
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import distributed
+from . import distributed, resume
 from .data import SentencesDataset, load_stsb
 from .evaluation import EmbeddingSimilarityEvaluator
 from .losses import AnglELoss, CoSENTLoss, CosineSimilarityLoss
@@ -49,9 +49,23 @@ def fraction(text: str) -> float:
     return value
 
 
+class RecipeParser(argparse.ArgumentParser):
+    """Also checks --resume while it parses: before a model is downloaded or loaded."""
+
+    def parse_args(self, args=None, namespace=None):
+        args = super().parse_args(args, namespace)
+        if args.resume is not None:
+            try:
+                options = checkpoint_options(args, output_folder(args, ""))
+                resume.find_checkpoint(options["resume_from_checkpoint"], options["checkpoint_path"])
+            except (ValueError, FileNotFoundError) as e:
+                self.error(f"argument --resume: {e}")
+        return args
+
+
 def parser(description: str, default_model: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = RecipeParser(description=description,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=default_model, help="local folder or hub name")
     p.add_argument("--data", default=None,
                    help="STSb folder (sts-*.csv) or stsbenchmark.tsv.gz; None: download once")
@@ -89,23 +103,23 @@ def default_output(script: str, model: str) -> Path:
 
 def output_folder(args, script: str) -> Path:
     """--output; else a new folder, or for --resume <checkpoint> the run that checkpoint is in."""
-    resume = getattr(args, "resume", None)  # a Namespace built by hand may lack the option
+    checkpoint = getattr(args, "resume", None)  # a Namespace built by hand may lack the option
     if args.output:
         return Path(args.output)
-    if resume == "latest":
+    if checkpoint == "latest":
         raise ValueError("--resume latest needs --output, the folder of the run to continue")
-    if resume is not None:
-        return Path(resume).resolve().parent.parent  # <output>/checkpoints/checkpoint-<step>
+    if checkpoint is not None:
+        return Path(checkpoint).resolve().parent.parent  # <output>/checkpoints/checkpoint-<step>
     return default_output(script, args.model)
 
 
 def checkpoint_options(args, output: Path) -> dict:
     """fit's checkpoint arguments for --checkpoint-steps and --resume."""
-    resume = getattr(args, "resume", None)
+    checkpoint = getattr(args, "resume", None)
     return {"checkpoint_path": str(output / "checkpoints"),
             "checkpoint_save_steps": getattr(args, "checkpoint_steps", 0),
             "checkpoint_save_total_limit": 2,
-            "resume_from_checkpoint": True if resume == "latest" else resume}
+            "resume_from_checkpoint": True if checkpoint == "latest" else checkpoint}
 
 
 def seed_everything(seed: int) -> None:
@@ -142,15 +156,19 @@ def train_on_stsb(model: SentenceTransformer, args, script: str) -> dict:
     world = distributed.world_size()
     batch = f"{args.batch_size}" if world == 1 else \
         f"{args.batch_size} per process x {world} processes = {args.batch_size * world}"
+    options = checkpoint_options(args, output)
     if distributed.is_main():
         print(f"Training on {len(train)} pairs: {steps} steps of batch {batch}, "
               f"{warmup} warmup steps, device {model.device}, {precision}; saving to {output}")
+        if options["resume_from_checkpoint"]:
+            print("Resuming from", resume.find_checkpoint(options["resume_from_checkpoint"],
+                                                          options["checkpoint_path"]))
     start = time.perf_counter()
     rows = model.fit(train_objectives=[(loader, loss)], evaluator=dev_evaluator, epochs=args.epochs,
               warmup_steps=warmup, optimizer_params={"lr": args.lr},
               evaluation_steps=args.evaluation_steps, output_path=str(output),
               max_steps=args.max_steps, seed=args.seed, use_amp=precision != "fp32",
-              **checkpoint_options(args, output))
+              **options)
     seconds = time.perf_counter() - start
     if not distributed.is_main():
         return {}

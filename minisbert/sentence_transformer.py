@@ -8,6 +8,7 @@ Read next: losses.py (how u and v are trained), then training.py.
 """
 
 import contextlib
+import copy
 import logging
 import math
 import numbers
@@ -78,10 +79,18 @@ class SentenceTransformer(nn.Sequential):
         self._lock = threading.RLock()  # one encode at a time: it swaps weights and modes
 
     def __getstate__(self):  # a lock cannot be pickled or deep-copied; each copy gets its own
-        with self._lock:  # and never mid-encode, when the weights may be bf16 copies
+        with self._lock:
             state = super().__getstate__()
         state.pop("_lock", None)
         return state
+
+    def __deepcopy__(self, memo):
+        """The whole copy under the lock: never of a running encode's bf16 weights."""
+        with self._lock:
+            twin = self.__class__.__new__(self.__class__)
+            memo[id(self)] = twin
+            twin.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+            return twin
 
     def __setstate__(self, state):
         super().__setstate__(state)

@@ -144,8 +144,11 @@ def test_stsb_offline_without_a_cached_copy_says_how_to_give_a_local_one(tmp_pat
 
 def test_input_example_refuses_texts_given_in_place_of_guid():
     assert InputExample(texts=["a", "b"], label=0.8).guid == ""
+    for positional in (["a", "b"], 0.8), (["a", "b"],):
+        with pytest.raises(TypeError, match=r"guid must be a str.*texts=\["):
+            InputExample(*positional)
     with pytest.raises(TypeError, match="list of strings"):
-        InputExample(["a", "b"], 0.8)
+        InputExample(texts="a b")
 
 
 def test_collate_tokenizes_each_text_column_and_gives_float32_labels():

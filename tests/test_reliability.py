@@ -483,13 +483,29 @@ def write_tiny_stsb(folder: Path) -> Path:
     return folder
 
 
-def test_scripts_take_resume_and_checkpoint_steps():
-    args = recipe.parser("x", "m").parse_args(["--resume", "latest", "--checkpoint-steps", "50"])
+def test_scripts_take_resume_and_checkpoint_steps(tmp_path):
+    (tmp_path / "run" / "checkpoints" / "checkpoint-9").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "checkpoint-9" / resume.STATE_FILE).write_bytes(b"")
+    args = recipe.parser("x", "m").parse_args(["--resume", "latest", "--checkpoint-steps", "50",
+                                               "--output", str(tmp_path / "run")])
     assert (args.resume, args.checkpoint_steps) == ("latest", 50)
     assert recipe.output_folder(Namespace(output=None, resume="o/checkpoints/checkpoint-9",
                                           model="m"), "s") == Path("o").resolve()
     with pytest.raises(ValueError, match="--output"):
         recipe.output_folder(Namespace(output=None, resume="latest", model="m"), "s")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--resume", "latest"], "--resume latest needs --output"),
+    (["--resume", "latest", "--output", "{tmp}"], "no checkpoint-<step> folder"),
+    (["--resume", "{tmp}/checkpoint-4"], "not a training checkpoint"),
+])
+def test_a_resume_with_nothing_to_resume_is_a_usage_error_before_any_model_loads(
+        tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit):
+        recipe.parser("x", "m").parse_args([o.format(tmp=tmp_path) for o in options])
+    err = capsys.readouterr().err
+    assert "argument --resume: " in err and message in err
 
 
 def test_the_recipe_resumed_from_latest_ends_as_an_uninterrupted_run(tiny_model_dir, tmp_path,

@@ -176,6 +176,24 @@ def test_a_copy_encodes_the_same_and_has_its_own_lock(tiny_model, how):
     assert np.array_equal(twin.encode(["the dog"]), tiny_model.encode(["the dog"]))
 
 
+def test_a_deep_copy_taken_while_another_thread_encodes_in_bf16_is_fp32(tiny_model):
+    texts = [f"the dog number {i} runs" + " fast" * (i % 7) for i in range(24)]
+    stop, copies = threading.Event(), []
+
+    def encode_until_stopped():
+        while not stop.is_set():
+            tiny_model.encode(texts, batch_size=2, precision="bf16")
+    encoder = threading.Thread(target=encode_until_stopped)
+    encoder.start()
+    try:
+        for _ in range(10):
+            copies.append(copy.deepcopy(tiny_model))
+    finally:
+        stop.set()
+        encoder.join()
+    assert all({p.dtype for p in twin.parameters()} == {torch.float32} for twin in copies)
+
+
 def test_modules_may_come_as_any_iterable(tiny_model):
     model = SentenceTransformer(modules=iter([tiny_model[0], tiny_model[1]]), device="cpu")
     assert len(model) == 2 and model.encode("the dog").shape == (32,)
@@ -256,6 +274,15 @@ def test_a_modules_json_entry_without_a_path_is_refused_by_index(tiny_model, tmp
     del modules[1]["path"]
     (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ValueError, match=r"modules\.json: module 1 has no 'path'"):
+        SentenceTransformer(str(tmp_path / "m"))
+
+
+def test_modules_json_listing_modules_out_of_order_is_refused_naming_it(tiny_model, tmp_path):
+    SentenceTransformer(modules=[tiny_model[0], tiny_model[1], Normalize()]).save(tmp_path / "m")
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    modules[1]["idx"], modules[2]["idx"] = 2, 1  # Normalize before Pooling
+    (tmp_path / "m" / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match=r"m/modules\.json: .*\['Transformer', 'Normalize', 'Pooling'\]"):
         SentenceTransformer(str(tmp_path / "m"))
 
 
