@@ -10,6 +10,7 @@ Read next: the two scripts at the top of the repository.
 import argparse
 import json
 import math
+import os
 import random
 import re
 import time
@@ -54,6 +55,9 @@ class RecipeParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         args = super().parse_args(args, namespace)
+        if args.resume is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self.error("argument --resume: resuming needs one process, not torchrun (a "
+                       "checkpoint holds one process's state)")
         if args.resume is not None:
             try:
                 options = checkpoint_options(args, output_folder(args, ""))

@@ -508,6 +508,13 @@ def test_a_resume_with_nothing_to_resume_is_a_usage_error_before_any_model_loads
     assert "argument --resume: " in err and message in err
 
 
+def test_a_resume_under_torchrun_is_a_usage_error_before_any_model_loads(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets for each of its processes
+    with pytest.raises(SystemExit):
+        recipe.parser("x", "m").parse_args(["--resume", "latest", "--output", "o"])
+    assert "argument --resume: resuming needs one process, not torchrun" in capsys.readouterr().err
+
+
 def test_the_recipe_resumed_from_latest_ends_as_an_uninterrupted_run(tiny_model_dir, tmp_path,
                                                                      monkeypatch):
     data = write_tiny_stsb(tmp_path / "stsb")
