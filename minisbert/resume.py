@@ -199,9 +199,9 @@ def load_training_state(folder: Path, run: dict) -> dict:
     except OSError:
         raise
     except Exception as e:  # UnpicklingError (code asked for), RuntimeError (bad zip), EOFError
+        why = type(e).__name__ + (f": {str(e).splitlines()[0]}" if str(e).strip() else "")
         raise ValueError(f"{file}: not a readable training state; it is loaded with "
-                         f"weights_only=True, so only plain tensors and numbers "
-                         f"({type(e).__name__}: {(str(e).splitlines() or ['empty'])[0]})") from None
+                         f"weights_only=True, so only plain tensors and numbers ({why})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{file}: not a minisbert training state of format {FORMAT}")
     for key, value in run.items():
