@@ -169,9 +169,7 @@ def main(argv=None) -> dict:
     threads = common.set_threads(args.threads)
     gpu = args.device.startswith("cuda")
     precisions = args.precisions.split(",")
-    libraries = ["minisbert"]
-    if not args.no_st and common.have_sentence_transformers():
-        libraries.append(common.ST_NAME)
+    libraries = common.libraries(args)
     sentences = stsb_test_sentences(args)
 
     peaks = {p: matmul_throughput(args.device, resolve_dtype(p)) for p in precisions}
@@ -191,12 +189,8 @@ def main(argv=None) -> dict:
             row["memory"] = common.probe_in_subprocess(Path(__file__), probe)
     scale = scaling(args, pool_for_scaling(args), args.scaling_precisions.split(","))
 
-    result = {"machine": common.machine(), "args": {k: str(v) for k, v in vars(args).items()},
-              "matmul_gflop_per_s": peaks, "encode": rows, "scaling": scale}
-    print_tables(result, args)
-    if args.json:
-        common.write_json(args.json, result)
-    return result
+    return common.report(args, {"matmul_gflop_per_s": peaks, "encode": rows, "scaling": scale},
+                         print_tables)
 
 
 def print_tables(result: dict, args) -> None:

@@ -192,9 +192,7 @@ def main(argv=None) -> dict:
         memory_probe(args)
         return {}
     threads = common.set_threads(args.threads)
-    libraries = ["minisbert"]
-    if not args.no_st and common.have_sentence_transformers():
-        libraries.append(common.ST_NAME)
+    libraries = common.libraries(args)
     rows = compare(args, libraries)
     if not args.no_memory:
         for row in rows:
@@ -203,12 +201,9 @@ def main(argv=None) -> dict:
                      "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                      "--threads", str(threads)]
             row["memory"] = common.probe_in_subprocess(Path(__file__), probe)
-    result = {"machine": common.machine(), "args": {k: str(v) for k, v in vars(args).items()},
-              "train": rows, "epoch": one_epoch_spearman(args) if args.epoch else None}
-    print_tables(result, args)
-    if args.json:
-        common.write_json(args.json, result)
-    return result
+    return common.report(args, {"train": rows,
+                                "epoch": one_epoch_spearman(args) if args.epoch else None},
+                         print_tables)
 
 
 def print_tables(result: dict, args) -> None:

@@ -55,6 +55,13 @@ def have_sentence_transformers() -> bool:
     return True
 
 
+def libraries(args) -> list[str]:
+    """minisbert, and sentence-transformers beside it unless --no-st or not installed."""
+    if args.no_st or not have_sentence_transformers():
+        return ["minisbert"]
+    return ["minisbert", ST_NAME]
+
+
 def stsb_rows(stsb_dir: Path, split: str) -> list[list[str]]:
     """Rows of sts-{split}.csv split on tabs only (the sentences hold unbalanced quotes)."""
     text = (Path(stsb_dir) / f"sts-{split}.csv").read_text(encoding="utf-8")
@@ -187,5 +194,10 @@ def machine() -> dict:
     return info
 
 
-def write_json(path, data: dict) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+def report(args, result: dict, print_tables) -> dict:
+    """The run's machine and arguments, then `result`; printed as tables, and to --json."""
+    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, **result}
+    print_tables(result, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result

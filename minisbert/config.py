@@ -8,8 +8,14 @@ Read next: encoder.py, the network this describes.
 """
 
 import json
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+
+def is_int(x) -> bool:
+    """An int, Python's or numpy's, and not a bool (True is an int to Python)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 @dataclass

@@ -28,6 +28,13 @@ def cosine_similarity_loss(u: torch.Tensor, v: torch.Tensor, labels: torch.Tenso
         return F.mse_loss(cos, labels)
 
 
+def _embed_pair(model: nn.Module, features: list[dict], loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(features) != 2:
+        raise ValueError(f"{loss} needs sentence pairs, got {len(features)} texts per example")
+    u, v = (model(**f) for f in features)  # siamese: one model, two passes, (B, D) each
+    return u, v
+
+
 class CosineSimilarityLoss(nn.Module):
     """`loss(features, labels)`: features = [tokenized sentences 1, tokenized sentences 2]."""
 
@@ -36,9 +43,7 @@ class CosineSimilarityLoss(nn.Module):
         self.model = model
 
     def forward(self, features: list[dict], labels: torch.Tensor) -> torch.Tensor:
-        if len(features) != 2:
-            raise ValueError(f"CosineSimilarityLoss needs sentence pairs, got {len(features)} texts per example")
-        u, v = (self.model(**f) for f in features)  # siamese: one model, two passes, (B, D) each
+        u, v = _embed_pair(self.model, features, "CosineSimilarityLoss")
         return cosine_similarity_loss(u, v, labels)
 
 
@@ -149,13 +154,6 @@ def softmax_loss(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, classif
             raise ValueError(f"labels must be class ids 0 .. {logits.shape[-1] - 1}, got "
                              f"{labels.min().item()} .. {labels.max().item()}")
         return F.cross_entropy(logits, labels)
-
-
-def _embed_pair(model: nn.Module, features: list[dict], loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if len(features) != 2:
-        raise ValueError(f"{loss} needs sentence pairs, got {len(features)} texts per example")
-    u, v = (model(**f) for f in features)  # siamese: one model, two passes, (B, D) each
-    return u, v
 
 
 class CoSENTLoss(nn.Module):

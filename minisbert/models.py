@@ -9,7 +9,6 @@ Read next: sentence_transformer.py (chains these modules and encodes text).
 
 import json
 import logging
-import numbers
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint, weights
-from .config import BertConfig
+from .config import BertConfig, is_int
 from .encoder import BertModel
 from .hub import resolve
 from .tokenizer import Tokenizer
@@ -94,7 +93,7 @@ class Transformer(nn.Module):
             if max_seq_length is None:
                 max_seq_length = default_max_seq_length(folder, config.max_length)
             check_max_seq_length(max_seq_length, config)
-            tokenizer = Tokenizer.from_folder(folder, max_seq_length, config.model_type)
+            tokenizer = Tokenizer.from_folder(folder, int(max_seq_length), config.model_type)
         if encoder is None or tokenizer is None:
             raise TypeError("Transformer needs model_name_or_path, or both encoder= and tokenizer=")
         self.encoder, self.tokenizer = encoder, tokenizer
@@ -108,7 +107,7 @@ class Transformer(nn.Module):
     @max_seq_length.setter
     def max_seq_length(self, n: int) -> None:
         check_max_seq_length(n, self.encoder.config)
-        self.tokenizer.max_seq_length = n
+        self.tokenizer.max_seq_length = int(n)
 
     def get_word_embedding_dimension(self) -> int:
         return self.encoder.config.hidden_size
@@ -134,7 +133,7 @@ class Transformer(nn.Module):
 
 def check_max_seq_length(n, config: BertConfig) -> None:
     """[CLS] and [SEP] need two tokens; the position table covers config.max_length."""
-    if type(n) is not int or n < 2 or n > config.max_length:
+    if not is_int(n) or n < 2 or n > config.max_length:
         raise ValueError(f"max_seq_length={n!r} must be an int between 2 and "
                          f"{config.max_length}, the tokens the model's max_position_embeddings "
                          f"({config.max_position_embeddings}) cover")
@@ -154,8 +153,7 @@ class Pooling(nn.Module):
 
     def __init__(self, word_embedding_dimension: int, pooling_mode: str = "mean"):
         super().__init__()
-        if not isinstance(word_embedding_dimension, numbers.Integral) or \
-                isinstance(word_embedding_dimension, bool) or word_embedding_dimension < 1:
+        if not is_int(word_embedding_dimension) or word_embedding_dimension < 1:
             raise ValueError(f"word_embedding_dimension={word_embedding_dimension!r} must be a "
                              f"positive int: the width of the transformer's token vectors")
         if not isinstance(pooling_mode, str) or pooling_mode not in POOLING_FUNCTIONS:

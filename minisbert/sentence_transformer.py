@@ -11,7 +11,6 @@ import contextlib
 import copy
 import logging
 import math
-import numbers
 import shutil
 import tempfile
 import threading
@@ -22,6 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from .config import is_int
 from .hub import resolve
 from .layout import check_layout, load_modules, replace_folder
 from .models import Pooling, Transformer, write_json
@@ -32,11 +32,6 @@ log = logging.getLogger(__name__)
 # encode() tokenizes this many sentences at a time: enough to sort them into batches of similar
 # length, few enough that their padded token ids stay small next to the model.
 TOKENIZE_CHUNK = 4096
-
-
-def is_count(x) -> bool:
-    """An int (Python's or numpy's), not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def checked_sentences(sentences) -> list[str]:
@@ -142,7 +137,7 @@ class SentenceTransformer(nn.Sequential):
         threads are safe and run one at a time."""
         single = isinstance(sentences, str)
         sentences = checked_sentences(sentences)
-        if not is_count(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"encode: batch_size={batch_size!r} must be a positive int")
         dtype = resolve_dtype(precision if precision is not None else self.precision)
         if show_progress_bar is None:

@@ -20,9 +20,10 @@ from torch import nn
 from tqdm import tqdm
 
 from minisbert import distributed
+from minisbert.config import is_int
 from minisbert.data import collate
 from minisbert.optimization import SparseEmbeddingGradients, linear_warmup_decay, param_groups
-from minisbert.precision import Precision, mixed_precision
+from minisbert.precision import Precision, mixed_precision, to_device
 from minisbert.resume import Batches, resume_run, save_checkpoint, training_state
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _forward_backward(loss_modules: list, batches: list, device, precision: Prec
     summed loss, or None as soon as one loss is not finite (its gradients are then worthless)."""
     total = 0.0
     for loss_fn, (features, labels) in zip(loss_modules, batches):
-        features = [{k: t.to(device) for k, t in f.items()} for f in features]
+        features = [to_device(f, device) for f in features]  # pinned, non-blocking to a GPU
         with precision.autocast():
             loss = loss_fn(features, labels.to(device))
         (precision.scaler.scale(loss) if precision.scaler else loss).backward()
@@ -175,7 +176,7 @@ def _check_counts(**counts) -> None:
     for name, (value, minimum) in counts.items():
         if value is None and name in ("steps_per_epoch", "max_steps", "checkpoint_save_total_limit"):
             continue
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        if not is_int(value) or value < minimum:
             raise ValueError(f"fit: {name}={value!r} must be an int >= {minimum}")
 
 

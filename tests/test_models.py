@@ -113,3 +113,5 @@ def test_max_seq_length_below_two_is_refused_not_replaced_by_the_default(tiny_mo
 def test_max_seq_length_defaults_to_the_tokenizer_limit(tiny_model_dir):
     assert Transformer(tiny_model_dir).max_seq_length == 64
     assert Transformer(tiny_model_dir, max_seq_length=10).max_seq_length == 10
+    n = Transformer(tiny_model_dir, max_seq_length=np.int64(10)).max_seq_length
+    assert n == 10 and type(n) is int
